@@ -1,0 +1,39 @@
+"""Typed configuration of entity encoding and the Milvus store. Pure data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmoe.config import TinyCLIPConfig
+
+
+@dataclass
+class EncoderConfig:
+    """The model that encodes entities and mentions, and how Ray places it."""
+
+    checkpoint: str = "tiny"  # "tiny" (random tiny CLIP), a local MMoE/CLIP folder, or s3://...
+    tiny: TinyCLIPConfig = field(default_factory=TinyCLIPConfig)
+    batch_size: int = 64
+    num_actors: int = 1
+    num_gpus_per_actor: float = 0.0  # 0 = CPU; 0.25 puts four actors on one GPU
+    num_cpus_per_actor: float = 1.0
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    image_timeout_s: float = 10.0
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard
+    allowed_image_roots: list[str] = field(default_factory=list)  # local roots images may come from; [] = KB dir
+
+
+@dataclass
+class MilvusConfig:
+    """The vector store. Empty uri = a Milvus Lite file under the storage root."""
+
+    uri: str = ""
+    token: str = ""
+    collection: str = "mel_entities"  # the alias serving reads; builds go to versioned collections
+    index_type: str = "FLAT"  # FLAT | IVF_FLAT | HNSW | AUTOINDEX
+    index_params: dict[str, int] = field(default_factory=dict)  # e.g. {nlist: 1024} or {M: 16, efConstruction: 200}
+    search_params: dict[str, int] = field(default_factory=dict)  # e.g. {nprobe: 16} or {ef: 128}
+    metric: str = "IP"  # the MMoE score is an inner product (reference section 2)
+    consistency_level: str = "Strong"
+    insert_batch_size: int = 1000
