@@ -13,27 +13,27 @@ from pathlib import Path
 def _config(args: argparse.Namespace):
     from cluster.config import load_config
 
-    return load_config(args.config, overrides=args.set, overlays=getattr(args, "preset_files", None))
+    return load_config(args.config, overrides=args.set, overlays=getattr(args, "overlay_files", None))
 
 
 def _kb_build(args):
+    cfg = _config(args)
     from kb_builder.build import build_kb
 
-    cfg = _config(args)
     print(build_kb(cfg.kb, cfg.storage).summary())
 
 
 def _kb_stats(args):
+    cfg = _config(args)
     from kb_builder.stats import kb_stats
 
-    cfg = _config(args)
     print(kb_stats(cfg.kb, cfg.storage))
 
 
 def _kb_check(args):
+    cfg = _config(args)
     from kb_builder.check import check_kb
 
-    cfg = _config(args)
     report = check_kb(cfg.kb, cfg.storage)
     print(report.summary())
     if args.strict and report.leaks:
@@ -43,39 +43,39 @@ def _kb_check(args):
 
 
 def _index(args):
+    cfg = _config(args)
     from cluster.index import run_index_job
 
-    cfg = _config(args)
     print(run_index_job(cfg, mode=args.mode, checkpoint=args.checkpoint).summary())
 
 
 def _train(args):
+    cfg = _config(args)
     from cluster.train import run_training
 
-    cfg = _config(args)
     if args.train_fraction is not None:
         cfg.train.train_fraction = args.train_fraction
     print(run_training(cfg, resume=args.resume).summary())
 
 
 def _eval(args):
+    cfg = _config(args)
     from cluster.evaluate import run_eval
 
-    cfg = _config(args)
     print(run_eval(cfg, checkpoint=args.checkpoint, split=args.split).summary())
 
 
 def _dme(args):
+    cfg = _config(args)
     from cluster.dme.job import run_dme
 
-    cfg = _config(args)
     print(run_dme(cfg).summary())
 
 
 def _serve(args):
+    cfg = _config(args)
     from cluster.serve import print_serve_config, run_serve
 
-    cfg = _config(args)
     if args.print_config:
         print(print_serve_config(cfg))
         return 0
@@ -84,24 +84,24 @@ def _serve(args):
 
 
 def _link(args):
+    cfg = _config(args)
     from cluster.link_client import link
 
-    cfg = _config(args)
     url = args.url or f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(link(url, args.mention, context=args.context, image=args.image, top_k=args.top_k))
 
 
 def _quickstart(args):
+    cfg = _config(args)
     from cluster.quickstart import run_quickstart
 
-    cfg = _config(args)
     run_quickstart(cfg)
 
 
 def _bench_paper(args):
+    cfg = _config(args)
     from cluster.bench_paper import run_bench_paper
 
-    cfg = _config(args)
     print(run_bench_paper(cfg, preset=args.preset))
 
 
@@ -109,18 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mel", description="Multimodal entity linking at KB scale (MMoE on Ray, Milvus, S3)."
     )
-    parser.add_argument("--config", default=None, help="config file (default: the repository's ray_config.yaml)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)"
+        "--config", default=None, help="config file (default: the repository's ray_config.yaml)"
     )
-    parser.add_argument("--preset", dest="preset_files", action="append", default=[], help="overlay YAML (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    parser.add_argument(
+        "--preset", dest="preset_files", action="append", default=[], help="overlay YAML (repeatable)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     kb = sub.add_parser("kb", help="build, describe and check the knowledge base")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
-    kb_sub.add_parser("build", help="ingest KB and mention files into sharded Parquet + manifest").set_defaults(
-        func=_kb_build
-    )
+    kb_sub.add_parser(
+        "build", help="ingest KB and mention files into sharded Parquet + manifest"
+    ).set_defaults(func=_kb_build)
     kb_sub.add_parser("stats", help="counts, field coverage, images per entity, name ambiguity").set_defaults(
         func=_kb_stats
     )
@@ -130,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="encode the KB on Ray actors into Milvus")
     index.add_argument("--mode", choices=["full", "incremental"], default="full")
-    index.add_argument("--checkpoint", default="", help="model folder (default: best trained, else untrained)")
+    index.add_argument(
+        "--checkpoint", default="", help="model folder (default: best trained, else untrained)"
+    )
     index.set_defaults(func=_index)
 
     train = sub.add_parser("train", help="train MMoE with Ray Train")
@@ -162,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bench = sub.add_parser("bench-paper", help="reproduce the paper's table on a benchmark preset")
-    bench.add_argument("--preset", dest="preset", default="wikimel", choices=["wikimel", "richpediamel", "wikidiverse"])
+    bench.add_argument(
+        "--preset", dest="preset", default="wikimel", choices=["wikimel", "richpediamel", "wikidiverse"]
+    )
     bench.set_defaults(func=_bench_paper)
     return parser
 

@@ -156,14 +156,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
         k_tp, v_tp = typing.get_args(tp)
-        return {_coerce(k, k_tp, key, source): _coerce(v, v_tp, f"{key}.{k}", source) for k, v in value.items()}
+        return {
+            _coerce(k, k_tp, key, source): _coerce(v, v_tp, f"{key}.{k}", source) for k, v in value.items()
+        }
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got bool {value!r}")
     if tp in (str, int, float, bool):
         if not isinstance(value, tp):
-            raise ConfigError(f"{source}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{source}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}"
+            )
         return value
     return value
 
@@ -174,7 +178,9 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{source}: unknown key '{where}' (allowed under '{prefix or 'top level'}': {sorted(names)})")
+        raise ConfigError(
+            f"{source}: unknown key '{where}' (allowed under '{prefix or 'top level'}': {sorted(names)})"
+        )
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -221,7 +227,9 @@ def _read_yaml(path: Path) -> dict:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, overlays: list[str | Path] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    overlays: list[str | Path] | None = None,
 ) -> MELConfig:
     """Read `path` (default: the repository's ray_config.yaml), merge preset overlays, apply `--set` overrides."""
     path = Path(path) if path else DEFAULT_CONFIG_PATH

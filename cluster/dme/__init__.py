@@ -1,0 +1,10 @@
+"""DME: description-aware mention enhancement (reference section 3, GitHub issue 8).
+
+For each mention, gather candidate entity descriptions (name/alias matches plus the ANN top-N), pick the one
+that best fits the mention in its sentence (an LLM, an offline embedding similarity, or nothing), and cache
+the pick per KB version so training, evaluation and serving read the same `desc`.
+
+Modules: `prompt` (the LLM prompt and strict answer parsing), `candidates`, `selectors` (the interface and
+counters), `llm_selector`, `embedding_selector`, `cache` (the Parquet file), `job` (`mel dme` on Ray),
+`enhance` (`load_descriptions` for training/eval, `enhance_mention` for serving).
+"""

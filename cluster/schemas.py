@@ -1,0 +1,96 @@
+"""Request and response models of the linking API (`POST /link`, `POST /link/batch`, `GET /entities/{id}`).
+
+Every request model forbids unknown fields, so a typo such as `topk` is a 422 naming the field instead of a
+silently ignored option. Size limits that depend on `ServeConfig` are checked in `cluster.api`, because pydantic
+models are static and the limits are per deployment.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Filters(_Strict):
+    """Scalar filters pushed down to Milvus (never a raw expression: callers cannot inject Milvus syntax)."""
+
+    has_image: StrictBool | None = None  # only entities with (true) or without (false) an image
+    name: StrictStr | None = Field(default=None, max_length=512)  # exact entity name
+    entity_ids: list[StrictStr] | None = Field(default=None, max_length=1000)  # restrict to these ids
+
+
+class MentionIn(_Strict):
+    """One mention: its surface text, the sentence around it, and an optional image (base64 or URI)."""
+
+    mention: StrictStr = Field(min_length=1)
+    context: StrictStr = ""
+    image: StrictStr | None = None  # base64 (optionally a data: URL) or a URI: s3://, http(s)://, a local path
+    top_k: StrictInt | None = Field(default=None, ge=1, le=100)  # None = serve.top_k
+    filters: Filters | None = None
+    explain: StrictBool = False  # add MoE gate weights and per-unit scores
+
+
+class LinkRequest(MentionIn):
+    """`POST /link`."""
+
+
+class BatchLinkRequest(_Strict):
+    """`POST /link/batch`: many mentions in one request (at most serve.max_batch_mentions)."""
+
+    mentions: list[MentionIn] = Field(min_length=1)
+
+
+class UnitScores(BaseModel):
+    """The three MMoE matcher units (reference section 1); the final score is their mean."""
+
+    text: float
+    image: float
+    cross: float
+
+
+class Candidate(BaseModel):
+    entity_id: str
+    name: str
+    description: str
+    score: float
+    rank: int  # 1 = best
+    units: UnitScores | None = None  # with explain=true
+
+
+class Explanation(BaseModel):
+    """MoE routing of the mention: mean gate weight per expert, per level (intra text, intra image, inter)."""
+
+    expert_usage: dict[str, list[float]]
+
+
+class LinkResponse(BaseModel):
+    candidates: list[Candidate]
+    nil: bool  # true when the best score is under the calibrated NIL threshold
+    nil_threshold: float | None
+    collection: str  # the Milvus collection that answered (the alias target at request time)
+    timings_ms: dict[str, float]
+    explain: Explanation | None = None
+
+
+class BatchLinkResponse(BaseModel):
+    results: list[LinkResponse]
+    timings_ms: dict[str, float]
+
+
+class Entity(BaseModel):
+    entity_id: str
+    name: str
+    description: str
+    aliases: list[str] = []
+    image_uris: list[str] = []
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a message naming the offending field where there is one, and the request id."""
+
+    error: str
+    field: str | None = None
+    request_id: str
