@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable)",
     )
     parser.add_argument(
-        "--preset", dest="preset_files", action="append", default=[], help="overlay YAML (repeatable)"
+        "--overlay", dest="overlay_files", action="append", default=[], help="overlay YAML, e.g. configs/wikimel.yaml"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
