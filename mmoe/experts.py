@@ -1,0 +1,153 @@
+"""The switch mixture-of-experts layer shared by every MMoE unit (shared reference section 1, "Switch MoE").
+
+Build order: ``Expert`` (one FFN), ``TokenGate`` (ours), ``ReferenceGate`` (the official gate, reproduced),
+``SwitchMoE`` (experts + gate, returns ``MoEOutput``).
+
+``gate: token`` (default; reference section 2) is the intended switch gate: softmax over experts for each token
+on its own, keep the top-k, renormalise over the kept ones. A token's output then depends on that token only,
+which is what lets entity features be cached and scores be split for ANN retrieval + exact rerank.
+Deviations from the official code: the per-token gate, padding masks (padded tokens do not count in the
+load-balancing statistics), an optional Switch load-balancing loss (Fedus et al. 2021, eq. 4; weight 0 by
+default as in the paper), no batch-normalised gates. ``capacity_factor=None`` means no token is ever
+dropped: with a capacity, whether a token is kept depends on the other tokens in the batch, so scores would no
+longer be batch-independent; dropping is therefore applied in training only.
+
+``gate: reference`` reproduces the official gate *with its defects* (wrong-axis top-k scatter: only sequence
+positions 0..E-1 get non-zero gates and only experts 0..k-1 are used; gates normalised over the batch and
+scaled by capacity = int(capacity_factor * batch size); no padding masks). It is a reproduction aid for the
+paper's exhaustive protocol only: features then depend on the batch, so nothing may be cached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmoe.config import MMoEConfig
+
+
+@dataclass
+class MoEOutput:
+    hidden_states: Tensor  # [B,S,out]
+    aux_loss: Tensor  # [] Switch load-balancing loss (unweighted; mmoe_loss applies aux_loss_weight)
+    gate_weights: Tensor  # [B,S,E] combine weights, zero outside the kept experts
+
+
+class Expert(nn.Module):
+    """One expert: Linear(dim -> mult*dim) -> GELU -> Linear(mult*dim -> out) (official FeedForward)."""
+
+    def __init__(self, dim: int, out_dim: int, config: MMoEConfig):
+        super().__init__()
+        hidden = dim * config.expert_hidden_mult
+        self.fc_in = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc_out = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(self.dropout(self.act(self.fc_in(x))))
+
+
+class TokenGate(nn.Module):
+    """Per-token top-k softmax gate (ours): each token is routed on its own features only."""
+
+    def __init__(self, dim: int, config: MMoEConfig):
+        super().__init__()
+        self.top_k = config.top_k
+        self.w_gate = nn.Linear(dim, config.num_experts)
+
+    def forward(self, gate_input: Tensor) -> tuple[Tensor, Tensor]:
+        probs = F.softmax(self.w_gate(gate_input).float(), dim=-1)  # [B,S,E]
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # [B,S,k]
+        kept = torch.zeros_like(probs).scatter(-1, top_i, 1.0)  # [B,S,E] along the expert axis
+        weights = probs * kept
+        weights = weights / weights.sum(-1, keepdim=True)  # renormalise over the kept experts
+        return weights, probs
+
+
+class ReferenceGate(nn.Module):
+    """The official SwitchGate, defects included (reproduction aid; see the module docstring)."""
+
+    def __init__(self, dim: int, config: MMoEConfig, epsilon: float = 1e-6):
+        super().__init__()
+        self.top_k = config.top_k
+        self.capacity_factor = config.capacity_factor or 1.0  # official default 1.0
+        self.epsilon = epsilon
+        self.w_gate = nn.Linear(dim, config.num_experts)
+
+    def forward(self, gate_input: Tensor) -> tuple[Tensor, Tensor]:
+        probs = F.softmax(self.w_gate(gate_input).float(), dim=-1)  # [B,S,E]
+        capacity = int(self.capacity_factor * gate_input.size(0))  # "capacity" = batch size
+        _, top_i = probs.topk(self.top_k, dim=-1)  # [B,S,k]
+        # Defect 1: the scatter runs along axis 1 (sequence), not the expert axis: mask[b, top_i[b,s,j], j] = 1
+        mask = torch.zeros_like(probs).scatter(1, top_i, 1.0)  # non-zero only at positions < E, experts < k
+        masked = probs * mask
+        # Defect 2: normalised over the batch axis, so a record's gates depend on the other records
+        weights = masked / (masked.sum(0, keepdim=True) + self.epsilon) * capacity
+        return weights, probs
+
+
+def load_balancing_loss(weights: Tensor, probs: Tensor, mask: Tensor | None) -> Tensor:
+    """Switch Transformer eq. 4 generalised to top-k: E * sum_e f_e * P_e over valid tokens.
+
+    f_e = share of token->expert assignments sent to expert e, P_e = mean router probability of e.
+    Equals 1 for a perfectly balanced router, grows as routing collapses onto fewer experts.
+    """
+    n_experts = probs.shape[-1]
+    assigned = (weights > 0).to(probs.dtype)  # [B,S,E]
+    valid = torch.ones(probs.shape[:-1], device=probs.device) if mask is None else mask.to(probs.dtype)
+    valid = valid.unsqueeze(-1)  # [B,S,1]
+    n_valid = valid.sum().clamp_min(1.0)
+    f = (assigned * valid).sum((0, 1)) / (assigned * valid).sum().clamp_min(1.0)  # [E]
+    p = (probs * valid).sum((0, 1)) / n_valid  # [E]
+    return n_experts * (f * p).sum()
+
+
+class SwitchMoE(nn.Module):
+    """Switch MoE: ``MoE(x, gate_input)``; the gate may read another tensor (cross-modal gating, unit 3).
+
+    Experts are applied densely (every expert on every token, combined with zero weights where not routed):
+    with 4 experts and top-3 routing this costs at most 4/3 of routed compute and needs no gather/scatter.
+    """
+
+    def __init__(self, dim: int, out_dim: int, config: MMoEConfig):
+        super().__init__()
+        if not 1 <= config.top_k <= config.num_experts:
+            raise ValueError(f"top_k={config.top_k} must be in [1, num_experts={config.num_experts}]")
+        if config.gate not in ("token", "reference"):
+            raise ValueError(f"unknown gate {config.gate!r}: expected 'token' or 'reference'")
+        self.reference = config.gate == "reference"
+        self.capacity_factor = config.capacity_factor
+        self.top_k = config.top_k
+        self.experts = nn.ModuleList([Expert(dim, out_dim, config) for _ in range(config.num_experts)])
+        self.gate = ReferenceGate(dim, config) if self.reference else TokenGate(dim, config)
+
+    def drop_over_capacity(self, weights: Tensor, mask: Tensor | None) -> Tensor:
+        """Training only: an expert keeps its first ``capacity`` tokens (in order); later ones get weight 0."""
+        n_experts = weights.shape[-1]
+        flat = weights.reshape(-1, n_experts)  # [B*S,E]
+        routed = flat > 0
+        if mask is not None:
+            routed = routed & mask.reshape(-1, 1).bool()
+        n_tokens = routed.any(-1).sum().item()
+        capacity = math.ceil(self.capacity_factor * n_tokens * self.top_k / n_experts)
+        position = routed.long().cumsum(0)  # [B*S,E] 1-based slot in each expert's buffer
+        keep = routed & (position <= capacity)
+        return (flat * keep).reshape(weights.shape)
+
+    def forward(self, x: Tensor, gate_input: Tensor | None = None, mask: Tensor | None = None) -> MoEOutput:
+        gate_input = x if gate_input is None else gate_input
+        if self.reference:
+            mask = None  # the official gate ignores padding
+        weights, probs = self.gate(gate_input)  # [B,S,E] each
+        aux_loss = load_balancing_loss(weights, probs, mask)
+        if self.training and self.capacity_factor is not None and not self.reference:
+            weights = self.drop_over_capacity(weights, mask)
+        out = 0
+        for e, expert in enumerate(self.experts):
+            out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
+        return MoEOutput(hidden_states=out, aux_loss=aux_loss, gate_weights=weights)

@@ -1,0 +1,84 @@
+"""Inter-level (cross-modal) MoE unit (shared reference section 1, unit 3).
+
+Text features are projected to d (``text_fc``), image features re-projected (``image_fc``). With
+A = [text_cls; image_tokens] and Bc = [image_cls; text_tokens], one shared switch MoE is applied with
+cross-modal gating: MoE(x=A, gate=Bc) gives the new text_cls and image tokens, MoE(x=Bc, gate=A) the new
+image_cls and text tokens (token i of one modality is routed by token i of the other, hence text length ==
+vision token count). Then text -> image: p = softmax(text_cls . image_tokens^T), ctx = p . image_tokens,
+g = tanh(Linear(ctx)), out = LayerNorm(text_cls_proj * g + ctx); image -> text symmetrically.
+Each side yields two vectors, and S_cross = (<m_ti, e_ti> + <m_it, e_it>) / 2 is an inner product, so both
+vectors go into the retrieval vector (reference section 2).
+
+Deviations from the official code: padded text tokens are masked out of the image -> text attention and the
+MoE statistics; the tanh gate reads the attended context on both sides (the official code gates entities by
+the context but mentions by the un-MoE'd cls, an asymmetry we do not keep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mmoe.config import MMoEConfig
+from mmoe.experts import SwitchMoE
+
+
+@dataclass
+class CrossSide:
+    text_image: Tensor  # [B,d] text cls attending over image tokens (cross_ti)
+    image_text: Tensor  # [B,d] image cls attending over text tokens (cross_it)
+    aux_loss: Tensor  # [] mean load-balancing loss of the two MoE calls
+    gate_text: Tensor  # [B,1+V,E] gates of MoE(x=[text_cls; image_tokens], gate=[image_cls; text_tokens])
+    gate_image: Tensor  # [B,1+L,E] gates of MoE(x=[image_cls; text_tokens], gate=[text_cls; image_tokens])
+
+
+class CrossUnit(nn.Module):
+    """Shared switch MoE with cross-modal gating, then gated text<->image attention."""
+
+    def __init__(self, text_dim: int, config: MMoEConfig):
+        super().__init__()
+        d = config.dim
+        self.text_fc = nn.Linear(text_dim, d)
+        self.image_fc = nn.Linear(d, d)
+        self.moe = SwitchMoE(d, d, config)
+        self.gate_fc = nn.Linear(d, 1)
+        self.norm = nn.LayerNorm(d)
+
+    def attend(self, cls_moe: Tensor, tokens: Tensor, mask: Tensor, cls_proj: Tensor) -> Tensor:
+        """cls_moe [B,d] attends over tokens [B,S,d] (no scaling, as the official code), tanh-gated residual."""
+        att = torch.einsum("bd,bsd->bs", cls_moe, tokens)  # [B,S]
+        att = att.masked_fill(~mask, torch.finfo(att.dtype).min).softmax(-1)
+        ctx = torch.einsum("bs,bsd->bd", att, tokens)  # [B,d]
+        gate = torch.tanh(self.gate_fc(ctx))  # [B,1]
+        return self.norm(cls_proj * gate + ctx)  # [B,d]
+
+    def encode(
+        self,
+        text_cls: Tensor,
+        text_tokens: Tensor,
+        text_mask: Tensor,
+        image_cls: Tensor,
+        image_tokens: Tensor,
+    ) -> CrossSide:
+        if text_tokens.shape[1] != image_tokens.shape[1]:
+            raise ValueError(
+                f"text length {text_tokens.shape[1]} != vision tokens {image_tokens.shape[1]}: the cross-modal "
+                "gate pairs token i of each modality (set mmoe.text_max_tokens to the vision token count)"
+            )
+        tc, tt = self.text_fc(text_cls), self.text_fc(text_tokens)  # [B,d], [B,L,d]
+        ic, it = self.image_fc(image_cls), self.image_fc(image_tokens)  # [B,d], [B,V,d]
+        a = torch.cat([tc.unsqueeze(1), it], dim=1)  # [B,1+V,d]
+        b = torch.cat([ic.unsqueeze(1), tt], dim=1)  # [B,1+L,d]
+        ones = text_mask.new_ones(text_mask.shape[0], 1).bool()
+        all_valid = torch.ones_like(text_mask, dtype=torch.bool)  # image tokens are never padding
+        a_mask = torch.cat([ones, all_valid], dim=1)  # [B,1+V]
+        b_mask = torch.cat([ones, text_mask.bool()], dim=1)  # [B,1+L]
+        moe_a = self.moe(a, gate_input=b, mask=a_mask)
+        moe_b = self.moe(b, gate_input=a, mask=b_mask)
+        ha, hb = moe_a.hidden_states, moe_b.hidden_states  # [B,1+V,d], [B,1+L,d]
+        text_image = self.attend(ha[:, 0], ha[:, 1:], a_mask[:, 1:], tc)
+        image_text = self.attend(hb[:, 0], hb[:, 1:], b_mask[:, 1:], ic)
+        aux = (moe_a.aux_loss + moe_b.aux_loss) / 2
+        return CrossSide(text_image, image_text, aux, moe_a.gate_weights, moe_b.gate_weights)
