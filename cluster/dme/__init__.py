@@ -5,6 +5,7 @@ that best fits the mention in its sentence (an LLM, an offline embedding similar
 the pick per KB version so training, evaluation and serving read the same `desc`.
 
 Modules: `prompt` (the LLM prompt and strict answer parsing), `candidates`, `selectors` (the interface and
-counters), `llm_selector`, `embedding_selector`, `cache` (the Parquet file), `job` (`mel dme` on Ray),
-`enhance` (`load_descriptions` for training/eval, `enhance_mention` for serving).
+counters), `llm_selector`, `embedding_selector`, `cache` (the Parquet file), `worker` (one batch: candidates
+and selection), `job` (`mel dme` on Ray), `enhance` (`load_descriptions` for training/eval, `enhance_mention`
+for serving).
 """
