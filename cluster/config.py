@@ -93,6 +93,7 @@ class ServeConfig:
     max_replicas: int = 1  # > num_replicas enables autoscaling
     max_ongoing_requests: int = 32
     num_gpus_per_replica: float = 0.0
+    num_cpus_per_replica: float = 0.25  # CPUs each replica reserves; 4 deployments fit a 2-CPU local Ray
     batch_max_size: int = 16
     batch_wait_timeout_s: float = 0.005
     top_k: int = 10  # candidates returned

@@ -61,9 +61,10 @@ class Candidate(BaseModel):
 
 
 class Explanation(BaseModel):
-    """MoE routing of the mention: mean gate weight per expert, per level (intra text, intra image, inter)."""
+    """MoE routing of the mention per layer (text_intra, image_intra, cross_text, cross_image): the share of
+    its tokens routed to each expert (`share`) and the mean gate weight per expert (`weight`)."""
 
-    expert_usage: dict[str, list[float]]
+    expert_usage: dict[str, dict[str, list[float]]]
 
 
 class LinkResponse(BaseModel):

@@ -10,6 +10,7 @@ byte-identical, ~10% without image); ~1% are NIL. The vocabulary stays a few hun
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -18,21 +19,78 @@ from PIL import Image, ImageDraw
 
 IMAGE_SIZE_PX = 64
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70 syllables
-TYPES = ["river", "mountain", "city", "painter", "singer", "bridge", "ship", "castle", "company", "band",
-         "planet", "festival", "lake", "poet", "island", "temple"]
-PLACES = ["north", "south", "east", "west", "valley", "coast", "desert", "forest", "harbor", "highland",
-          "delta", "plain", "canyon", "glacier", "meadow"]
-FIELDS = ["music", "trade", "history", "science", "art", "sport", "farming", "faith", "war", "poetry",
-          "medicine", "travel"]
+TYPES = [
+    "river",
+    "mountain",
+    "city",
+    "painter",
+    "singer",
+    "bridge",
+    "ship",
+    "castle",
+    "company",
+    "band",
+    "planet",
+    "festival",
+    "lake",
+    "poet",
+    "island",
+    "temple",
+]
+PLACES = [
+    "north",
+    "south",
+    "east",
+    "west",
+    "valley",
+    "coast",
+    "desert",
+    "forest",
+    "harbor",
+    "highland",
+    "delta",
+    "plain",
+    "canyon",
+    "glacier",
+    "meadow",
+]
+FIELDS = [
+    "music",
+    "trade",
+    "history",
+    "science",
+    "art",
+    "sport",
+    "farming",
+    "faith",
+    "war",
+    "poetry",
+    "medicine",
+    "travel",
+]
 SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon"]
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
-           "purple": (140, 50, 180), "orange": (240, 140, 30), "cyan": (40, 200, 210), "black": (20, 20, 20)}
-BACKGROUNDS = {"white": (250, 250, 250), "gray": (160, 160, 160), "beige": (230, 215, 180),
-               "sky": (190, 220, 250)}
-FILLER = ("the a an of in on at near with from by about after before during old new famous small large "
-          "early late local many some known seen visited photo picture shows view people crowd day night "
-          "year season morning evening record story report news team group members guests visitors scene "
-          "front side top centre image taken during festival opening event celebrates meets holds").split()
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 210, 40),
+    "purple": (140, 50, 180),
+    "orange": (240, 140, 30),
+    "cyan": (40, 200, 210),
+    "black": (20, 20, 20),
+}
+BACKGROUNDS = {
+    "white": (250, 250, 250),
+    "gray": (160, 160, 160),
+    "beige": (230, 215, 180),
+    "sky": (190, 220, 250),
+}
+FILLER = (
+    "the a an of in on at near with from by about after before during old new famous small large "
+    "early late local many some known seen visited photo picture shows view people crowd day night "
+    "year season morning evening record story report news team group members guests visitors scene "
+    "front side top centre image taken during festival opening event celebrates meets holds"
+).split()
 VERBS = ["visits", "shows", "meets", "celebrates", "describes", "honours", "remembers", "features"]
 AMBIGUOUS_FRACTION = 0.4  # share of entities whose name is shared with 1–3 other entities
 NO_IMAGE_FRACTION = 0.10
@@ -66,9 +124,15 @@ def _draw(attrs: dict) -> Image.Image:
     else:
         sides = {"triangle": 3, "diamond": 4, "hexagon": 6, "star": 5}[shape]
         rotation = 45 if shape == "diamond" else 0
-        if shape == "star":
-            draw.regular_polygon((cx, cy, r), 5, fill=colour)
-            draw.regular_polygon((cx, cy, r), 5, rotation=36, fill=colour)
+        if shape == "star":  # five points: outer and inner radius alternate
+            points = [
+                (
+                    cx + (r if k % 2 == 0 else r * 0.45) * math.sin(math.pi * k / 5),
+                    cy - (r if k % 2 == 0 else r * 0.45) * math.cos(math.pi * k / 5),
+                )
+                for k in range(10)
+            ]
+            draw.polygon(points, fill=colour)
         else:
             draw.regular_polygon((cx, cy, r), sides, rotation=rotation, fill=colour)
     return img
@@ -84,7 +148,9 @@ def _perturb(img: Image.Image, nrng: np.random.Generator) -> Image.Image:
     canvas = Image.new("RGB", (IMAGE_SIZE_PX, IMAGE_SIZE_PX), bg)
     dx, dy = (int(v) for v in nrng.integers(-6, 7, size=2))
     canvas.paste(out, ((IMAGE_SIZE_PX - size) // 2 + dx, (IMAGE_SIZE_PX - size) // 2 + dy))
-    pixels = np.asarray(canvas, dtype=np.int16) + nrng.integers(-18, 19, size=(IMAGE_SIZE_PX, IMAGE_SIZE_PX, 3))
+    pixels = np.asarray(canvas, dtype=np.int16) + nrng.integers(
+        -18, 19, size=(IMAGE_SIZE_PX, IMAGE_SIZE_PX, 3)
+    )
     pixels[0, 0] += 1 if pixels[0, 0, 0] < 255 else -1  # a guaranteed difference even if noise cancels out
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -103,17 +169,34 @@ def _entities(n_entities: int, rng: random.Random) -> list[dict]:
         looks = rng.sample([(s, c) for s in SHAPES for c in COLOURS], size)
         for k in range(size):
             i = len(entities)
-            attrs = {"type": types[k], "place": places[k], "field": rng.choice(FIELDS),
-                     "shape": looks[k][0], "colour": looks[k][1], "background": rng.choice(list(BACKGROUNDS)),
-                     "geometry": (rng.randint(24, 40), rng.randint(24, 40), rng.randint(12, 20))}
+            attrs = {
+                "type": types[k],
+                "place": places[k],
+                "field": rng.choice(FIELDS),
+                "shape": looks[k][0],
+                "colour": looks[k][1],
+                "background": rng.choice(list(BACKGROUNDS)),
+                "geometry": (rng.randint(24, 40), rng.randint(24, 40), rng.randint(12, 20)),
+            }
             aliases = [f"{name} {attrs['place'].capitalize()}"] if rng.random() < 0.5 else []
             if len(name) > 4 and rng.random() < 0.3:
                 aliases.append(name[:4])
-            description = (f"{name} is a {attrs['type']} of the {attrs['place']} known for {attrs['field']}. "
-                           f"Its emblem is a {attrs['colour']} {attrs['shape']}.")
-            entities.append({"id": f"E{i:05d}", "name": name, "aliases": aliases, "description": description,
-                             "image": f"images/E{i:05d}.png", "type": attrs["type"], "attrs": attrs,
-                             "group_size": size})
+            description = (
+                f"{name} is a {attrs['type']} of the {attrs['place']} known for {attrs['field']}. "
+                f"Its emblem is a {attrs['colour']} {attrs['shape']}."
+            )
+            entities.append(
+                {
+                    "id": f"E{i:05d}",
+                    "name": name,
+                    "aliases": aliases,
+                    "description": description,
+                    "image": f"images/E{i:05d}.png",
+                    "type": attrs["type"],
+                    "attrs": attrs,
+                    "group_size": size,
+                }
+            )
     return entities
 
 
@@ -135,7 +218,7 @@ def _splits(n: int, rng: random.Random) -> list[str]:
 
 
 def write_sample_kb(out_dir, n_entities: int = 300, n_mentions: int = 1200, seed: int = 0) -> dict:
-    """Write the synthetic KB (`entities.jsonl`, `mentions.jsonl`, `images/`) into `out_dir`; same seed, same bytes."""
+    """Write the synthetic KB: `entities.jsonl`, `mentions.jsonl`, `images/`. Same seed, same bytes."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng, nrng = random.Random(seed), np.random.default_rng(seed)
@@ -159,8 +242,16 @@ def write_sample_kb(out_dir, n_entities: int = 300, n_mentions: int = 1200, seed
         if gold is not None and rng.random() >= NO_IMAGE_FRACTION:
             image = f"images/{mid}.png"
             _perturb(pictures[gold["id"]], nrng).save(out / image, format="PNG")
-        mentions.append({"id": mid, "mention": surface, "sentence": _sentence(surface, attrs, rng),
-                         "image": image, "answer": gold["id"] if gold else "nil", "split": splits[i]})
+        mentions.append(
+            {
+                "id": mid,
+                "mention": surface,
+                "sentence": _sentence(surface, attrs, rng),
+                "image": image,
+                "answer": gold["id"] if gold else "nil",
+                "split": splits[i],
+            }
+        )
 
     with open(out / "entities.jsonl", "w", encoding="utf-8") as f:
         for ent in entities:
@@ -171,8 +262,11 @@ def write_sample_kb(out_dir, n_entities: int = 300, n_mentions: int = 1200, seed
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     names = [e["name"] for e in entities]
     return {
-        "out_dir": str(out), "entities": len(entities), "mentions": len(mentions),
-        "entities_path": str(out / "entities.jsonl"), "mentions_path": str(out / "mentions.jsonl"),
+        "out_dir": str(out),
+        "entities": len(entities),
+        "mentions": len(mentions),
+        "entities_path": str(out / "entities.jsonl"),
+        "mentions_path": str(out / "mentions.jsonl"),
         "ambiguous_entities": sum(1 for e in entities if e["group_size"] > 1),
         "shared_names": len({n for n in names if names.count(n) > 1}),
         "nil_mentions": sum(1 for m in mentions if m["answer"] == "nil"),

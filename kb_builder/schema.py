@@ -1,13 +1,12 @@
-"""The canonical entity and mention tables every later stage reads (docs/contracts.md), and their content hash.
+"""The canonical entity and mention tables every later stage reads, and the content hash.
 
 The content hash is what incremental indexing and `diff.json` compare, so it must be stable across runs,
-machines and column orders: sha256 over a canonical JSON of the content fields only (never `source`).
+machines and library versions: sha256 over the content fields joined in a fixed order (never `source`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 
 import polars as pl
 
@@ -39,32 +38,39 @@ SPLITS = ("train", "dev", "test")
 
 # Fields the content hash covers, in this order.
 HASHED_ENTITY_FIELDS = ("entity_id", "name", "aliases", "description", "image_uris", "attributes")
+FIELD_SEP, ITEM_SEP = "\x1f", "\x1e"  # ASCII unit / record separators: absent from real text
+
+
+def canonical_text(row: dict) -> str:
+    """The hashed text: fields in HASHED_ENTITY_FIELDS order, lists joined; plain string ops only, so the
+    Python and polars versions agree byte for byte on every version (no JSON formatting involved)."""
+    parts = []
+    for key in HASHED_ENTITY_FIELDS:
+        value = row.get(key)
+        parts.append(ITEM_SEP.join(value or []) if key in ("aliases", "image_uris") else (value or ""))
+    return FIELD_SEP.join(parts)
 
 
 def content_hash(row: dict) -> str:
-    """sha256 hex of an entity's content fields, as canonical JSON (sorted keys, no spaces)."""
-    payload = {k: row.get(k) for k in HASHED_ENTITY_FIELDS}
-    payload["aliases"] = list(payload["aliases"] or [])
-    payload["image_uris"] = list(payload["image_uris"] or [])
-    attrs = payload["attributes"]
-    if isinstance(attrs, str) and attrs:
-        try:
-            attrs = json.loads(attrs)
-        except json.JSONDecodeError:
-            pass
-    payload["attributes"] = attrs or {}
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 hex of an entity's content fields (never `source`: moving a file is not a content change)."""
+    return hashlib.sha256(canonical_text(row).encode("utf-8")).hexdigest()
+
+
+def _sha256_batch(texts: pl.Series) -> pl.Series:
+    return pl.Series(
+        [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts.to_list()], dtype=pl.String
+    )
 
 
 def content_hash_expr() -> pl.Expr:
-    """The same hash as a polars expression, for streaming builds of millions of rows."""
-    fields = [pl.col(k) for k in HASHED_ENTITY_FIELDS]
-
-    def hash_batch(structs: pl.Series) -> pl.Series:
-        return pl.Series([content_hash(row) for row in structs.to_list()], dtype=pl.String)
-
-    return pl.struct(fields).map_batches(hash_batch, return_dtype=pl.String)
+    """The same hash as a polars expression (text built vectorised; only sha256 runs per row in Python)."""
+    parts = [
+        pl.col(k).list.join(ITEM_SEP).fill_null("")
+        if k in ("aliases", "image_uris")
+        else pl.col(k).fill_null("")
+        for k in HASHED_ENTITY_FIELDS
+    ]
+    return pl.concat_str(parts, separator=FIELD_SEP).map_batches(_sha256_batch, return_dtype=pl.String)
 
 
 def empty_entities() -> pl.DataFrame:

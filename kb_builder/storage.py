@@ -1,4 +1,4 @@
-"""One storage client for local folders and `s3://bucket/prefix`, so every stage reads and writes the same way.
+"""One storage client for local folders and `s3://bucket/prefix`: every stage reads and writes one way.
 
 boto3 is the only S3 client: endpoint, region, retries and timeouts come from `StorageConfig`, credentials
 from the standard AWS environment (env vars, ~/.aws, instance role).
@@ -35,7 +35,8 @@ class Storage:
 
     def __init__(self, cfg: StorageConfig):
         self.cfg = cfg
-        self.root = cfg.root.rstrip("/") if is_s3(cfg.root) else str(Path(cfg.root).expanduser())
+        # Local roots become absolute: URIs handed to Ray workers must not depend on their working folder.
+        self.root = cfg.root.rstrip("/") if is_s3(cfg.root) else str(Path(cfg.root).expanduser().resolve())
         self.cache_dir = Path(cfg.cache_dir).expanduser()
         self._client = None
 
@@ -119,12 +120,19 @@ class Storage:
         return f"size:{st.st_size}:mtime_ns:{st.st_mtime_ns}"
 
     def list(self, prefix: str) -> list[str]:
-        """All files under `prefix` (recursive), sorted."""
+        """All files under the folder `prefix` (recursive), sorted; a file lists as itself.
+
+        S3 keys have no folders: `s3://b/features/c` lists `features/c/...` (not `features/c2/...`), plus the
+        object `features/c` itself if there is one, so local and S3 roots answer alike.
+        """
         if is_s3(prefix):
             bucket, key = split_s3(prefix)
+            folder = key if not key or key.endswith("/") else key + "/"
             out = []
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
                 out += [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+            if folder != key and self._head(prefix) is not None:
+                out.append(prefix)
             return sorted(out)
         path = Path(prefix).expanduser()
         if path.is_file():

@@ -22,6 +22,9 @@ class EncoderConfig:
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000  # decompression-bomb guard
     allowed_image_roots: list[str] = field(default_factory=list)  # local roots images may come from; [] = KB dir
+    cache_dtype: str = "fp16"  # rerank feature cache on disk: fp16 (about 19 KB/entity at ViT-B/32) | fp32
+    max_actor_restarts: int = 3  # a crashed encoder actor is restarted and its batches retried this often
+    batches_in_flight: int = 2  # per encoder actor: keeps it busy while the CPU stage loads the next batch
 
 
 @dataclass
