@@ -20,7 +20,7 @@ def _kb_build(args):
     cfg = _config(args)
     from kb_builder.build import build_kb
 
-    print(build_kb(cfg.kb, cfg.storage).summary())
+    build_kb(cfg.kb, cfg.storage)  # prints progress and its summary itself
 
 
 def _kb_stats(args):
