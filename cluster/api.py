@@ -1,0 +1,230 @@
+"""The HTTP surface of the linker: a FastAPI app over any `LinkBackend` (Serve handles or the in-process Linker).
+
+Input is checked here, before any model work: unknown fields and wrong JSON types are 422 naming the field
+(pydantic, `extra="forbid"`), oversized text, images, batches and bodies are 413, bad base64 and undecodable
+images are 400, image URIs go through `workers.images.ImageLoader` (allowed roots only). Anything else that fails
+is a 500 with a generic message and the request id; the traceback goes to the replica log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import re
+import time
+import uuid
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from cluster.schemas import BatchLinkRequest, BatchLinkResponse, Entity, LinkRequest, LinkResponse, MentionIn
+
+log = logging.getLogger("mel.api")
+URI_SCHEMES = re.compile(r"^(s3|https?|file)://", re.IGNORECASE)
+
+
+class ApiError(Exception):
+    """A client error with its HTTP status and the request field it concerns."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+class LinkBackend(Protocol):
+    """What the routes call: `cluster.serve.LinkIngress` (deployment handles) or `cluster.linker.Linker`."""
+
+    async def link_queries(self, queries: list[Any]) -> list[dict]: ...
+
+    async def entity(self, entity_id: str) -> dict | None: ...
+
+    async def readiness(self) -> tuple[bool, dict]: ...
+
+
+def _error(status: int, message: str, request: Request, field: str | None = None) -> JSONResponse:
+    rid = getattr(request.state, "request_id", "-")
+    body = {"error": message, "field": field, "request_id": rid}
+    return JSONResponse(body, status_code=status, headers={"x-request-id": rid})
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over `max_body_bytes`, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        if not too_large:
+            try:
+                return await self.app(scope, counting_receive, tracking_send)
+            except _BodyTooLarge:
+                if started:
+                    return
+        body = (
+            b'{"error": "request body is larger than max_body_bytes (%d)", "field": "body", "request_id": "-"}'
+            % self.max_body_bytes
+        )
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _field_name(loc: tuple) -> str:
+    """pydantic's error location -> `mentions.0.image` (dropping the leading `body`)."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def decode_image(value: str, field: str, serve_cfg, loader) -> Any:
+    """base64 (or a data: URL) -> PIL image; a URI -> `loader.load(uri)`. Errors name `field`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if URI_SCHEMES.match(value) or (value.startswith(("/", "./", "~")) and "." in value.rsplit("/", 1)[-1]):
+        uri = value[len("file://"):] if value.lower().startswith("file://") else value
+        if loader is None:
+            raise ApiError(400, f"{field}: image URIs are not enabled on this server", field)
+        image, error = loader.load(uri)
+        if image is None:
+            raise ApiError(400, f"{field}: cannot load image URI: {error}", field)
+        return image.convert("RGB")
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    if len(payload) * 3 // 4 > serve_cfg.max_image_bytes:
+        raise ApiError(413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field)
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{field}: not valid base64 (nor an s3://, http(s)://, file:// URI)", field) from None
+    if len(raw) > serve_cfg.max_image_bytes:
+        raise ApiError(413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field)
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.width * img.height > 40_000_000:  # decompression-bomb guard before decoding pixels
+                raise ApiError(413, f"{field}: image has too many pixels", field)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ApiError(400, f"{field}: not a decodable image", field) from None
+
+
+async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, loader) -> list[Any]:
+    """Validated request items -> `MentionQuery` records (images decoded off the event loop)."""
+    from cluster.linker import MentionQuery, filter_expression
+
+    queries = []
+    for i, item in enumerate(items):
+        where = f"{prefix}{i}." if prefix else ""
+        for name in ("mention", "context"):
+            if len(getattr(item, name)) > serve_cfg.max_text_chars:
+                raise ApiError(413, f"{where}{name}: longer than max_text_chars ({serve_cfg.max_text_chars})",
+                               f"{where}{name}")
+        image = None
+        if item.image:
+            image = await asyncio.to_thread(decode_image, item.image, f"{where}image", serve_cfg, loader)
+        queries.append(MentionQuery(
+            mention=item.mention, context=item.context, image=image, top_k=item.top_k or serve_cfg.top_k,
+            filter_expr=filter_expression(item.filters), explain=item.explain,
+        ))
+    return queries
+
+
+def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
+    """The FastAPI app (OpenAPI at /docs). `image_loader`: a `workers.images.ImageLoader` or None."""
+    app = FastAPI(title="MEL linker", version="1", description="Multimodal entity linking with MMoE.")
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("request %s failed", request.state.request_id)
+            return _error(500, "internal error", request)
+        response.headers["x-request-id"] = request.state.request_id
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, request, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")  # a typo explains a
+        first = errors[0]  # "missing" error on the field it was meant to be, so name the typo first
+        field = _field_name(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            return _error(422, "body: not valid JSON", request, "body")
+        if first.get("type") == "extra_forbidden":
+            return _error(422, f"{field}: unknown field", request, field)
+        return _error(422, f"{field}: {first.get('msg', 'invalid')}", request, field)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.error("request %s failed: %r", getattr(request.state, "request_id", "-"), exc, exc_info=exc)
+        return _error(500, "internal error", request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request):
+        """Readiness: 503 until the model is loaded and the alias points at a non-empty collection."""
+        ready, detail = await backend.readiness()
+        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+
+    @app.post("/link", response_model=LinkResponse, response_model_exclude_none=True)
+    async def link(body: LinkRequest) -> dict:
+        start = time.perf_counter()
+        queries = await to_queries([body], "", serve_cfg, image_loader)
+        (result,) = await backend.link_queries(queries)
+        result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
+        return result
+
+    @app.post("/link/batch", response_model=BatchLinkResponse, response_model_exclude_none=True)
+    async def link_batch(body: BatchLinkRequest) -> dict:
+        start = time.perf_counter()
+        if len(body.mentions) > serve_cfg.max_batch_mentions:
+            raise ApiError(413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})",
+                           "mentions")
+        queries = await to_queries(body.mentions, "mentions.", serve_cfg, image_loader)
+        results = await backend.link_queries(queries)
+        return {"results": results, "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
+
+    @app.get("/entities/{entity_id}", response_model=Entity)
+    async def entity(entity_id: str, request: Request):
+        row = await backend.entity(entity_id)
+        if row is None:
+            return _error(404, f"entity_id: unknown entity {entity_id!r}", request, "entity_id")
+        return row
+
+    app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes)  # outermost: before parsing
+    return app

@@ -1,0 +1,414 @@
+"""The linking pipeline as plain classes: encode mention -> ANN retrieve -> exact rerank -> calibrated NIL.
+
+Reference section 2: the MMoE score splits into an inner product <u_m, u_e>/6, searched in Milvus, plus g2l
+attention terms computed from cached entity-side features, so reranking the K retrieved candidates gives the
+same scores as exhaustive scoring for those K. `MentionEncoder`, `Retriever` and `Reranker` are what the Ray
+Serve deployments wrap (cluster/serve.py); `Linker` composes them in-process for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("mel.linker")
+ALIAS_REFRESH_S = 1.0  # how stale the alias -> collection resolution may be; a swap is seen within this
+
+
+@dataclass
+class EncodedMention:
+    """One mention after the encoder: its MMoE features (batch of 1), u_m, and the gate summary if asked."""
+
+    features: Any  # mmoe SideFeatures with a leading batch dimension of 1
+    vector: np.ndarray  # [D] float32 retrieval vector u_m
+    gates: dict[str, list[float]] | None
+    ms: float
+
+
+@dataclass
+class Retrieved:
+    """One mention's ANN candidates from one collection, in Milvus order."""
+
+    collection: str
+    ids: list[str]
+    names: list[str]
+    descriptions: list[str]
+    vectors: np.ndarray  # [K, D] u_e of the candidates (for the inner-product part of the exact score)
+    ms: float
+
+
+def _map_tensors(obj: Any, fn) -> Any:
+    """Apply `fn` to every tensor inside nested dataclasses / dicts / lists (features cross Ray as these)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def side_rows(feats: Any, batch: int) -> list[Any]:
+    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared)."""
+    def row(i):
+        return lambda t: t[i : i + 1].detach().cpu().clone() if t.dim() and t.shape[0] == batch else t.detach().cpu()
+    return [_map_tensors(feats, row(i)) for i in range(batch)]
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    _map_tensors(obj, lambda t: found.append(t) or t)
+    return found
+
+
+def stack_sides(rows: list[Any], device: str) -> Any:
+    """The inverse of `side_rows`: concatenate single-row features along the batch dimension."""
+    leaves = [_leaves(r) for r in rows]
+    if len({len(x) for x in leaves}) != 1:
+        raise ValueError("mention features of different structure cannot be stacked")
+    columns = iter(list(zip(*leaves)))
+
+    def cat(t: torch.Tensor) -> torch.Tensor:
+        group = next(columns)
+        return (torch.cat(group) if t.dim() else t).to(device)
+
+    return _map_tensors(rows[0], cat)
+
+
+def gate_summary(feats: Any, i: int) -> dict[str, dict[str, list[float]]]:
+    """Expert usage of mention `i` per MoE layer (intra text, intra image, the two cross calls): the share of
+    its valid tokens routed to each expert and the mean gate weight (mmoe.explain, paper: usage per level)."""
+    from mmoe.explain import expert_usage
+    from mmoe.model import select_rows
+
+    usage = expert_usage(select_rows(feats, [i]))
+    return {layer: {k: [round(float(v), 4) for v in vals] for k, vals in parts.items()}
+            for layer, parts in usage.items()}
+
+
+def pad_candidates(vectors: list[np.ndarray], caches: list[dict], device: str):
+    """Per-mention candidate sets of different sizes -> [B, K, ...] tensors plus a [B, K] validity mask.
+
+    Padding repeats a mention's first candidate (finite features, no NaN) and is masked out of the ranking.
+    """
+    k_max = max(len(v) for v in vectors)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        t = t.float() if t.is_floating_point() else t  # the cache may be stored in fp16
+        if len(t) == k_max:
+            return t
+        return torch.cat([t, t[:1].expand(k_max - len(t), *t.shape[1:])])
+
+    vecs = torch.stack([pad(torch.tensor(np.asarray(v))) for v in vectors]).to(device)  # [B, K, D], a copy
+    cache = {key: torch.stack([pad(c[key]) for c in caches]).to(device) for key in caches[0]}  # [B, K, ...]
+    mask = torch.zeros(len(vectors), k_max, dtype=torch.bool)
+    for b, v in enumerate(vectors):
+        mask[b, : len(v)] = True
+    return vecs, cache, mask
+
+
+@dataclass
+class MentionQuery:
+    """One validated request item; `image` is already decoded (PIL RGB) or None."""
+
+    mention: str
+    context: str = ""
+    image: Any = None
+    top_k: int = 10
+    filter_expr: str = ""  # Milvus boolean expression built by `filter_expression`, never user text
+    explain: bool = False
+
+
+def filter_expression(filters) -> str:
+    """`Filters` -> a Milvus expression; string literals are JSON-quoted so names cannot inject syntax."""
+    if filters is None:
+        return ""
+    parts = []
+    if filters.has_image is not None:
+        parts.append(f"has_image == {'true' if filters.has_image else 'false'}")
+    if filters.name is not None:
+        parts.append(f"name == {json.dumps(filters.name)}")
+    if filters.entity_ids is not None:
+        parts.append(f"entity_id in {json.dumps(list(filters.entity_ids))}")
+    return " and ".join(parts)
+
+
+def pick_device(num_gpus: float) -> str:
+    """Decided once per replica: CUDA only when Serve gave the replica a GPU share."""
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def serving_model_dir(cfg) -> Path:
+    """serve.checkpoint, else the training run's best model, else models/init (as the index job uses)."""
+    from kb_builder.storage import Storage
+    from workers.model_store import resolve_model_dir
+
+    checkpoint = cfg.serve.checkpoint
+    if not checkpoint:
+        storage = Storage(cfg.storage)
+        best = storage.join("runs", cfg.train.run_name, "best")
+        if storage.exists(storage.join("runs", cfg.train.run_name, "best", "config.json")):
+            checkpoint = best
+    return Path(resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint))
+
+
+def nil_threshold(serve_cfg, model_dir: Path) -> float | None:
+    """serve.nil_threshold, else `<model_dir>/calibration.json` (written by `mel eval`), else None (never NIL)."""
+    if serve_cfg.nil_threshold is not None:
+        return float(serve_cfg.nil_threshold)
+    path = Path(model_dir) / "calibration.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        value = data.get("nil_threshold", data.get("threshold"))
+        return None if value is None else float(value)
+    return None
+
+
+class MentionEncoder:
+    """Mention text + image -> MMoE mention features and the retrieval vector u_m."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto"):
+        from mmoe.pretrained import load_pretrained
+        from workers.encoder import autocast_dtype
+
+        self.device = device
+        self.model, self.processor = load_pretrained(str(model_dir), device=device)
+        self.model.eval()
+        self.autocast = autocast_dtype(dtype, torch.device(device))  # bf16 on GPU with "auto", None on CPU
+
+    @torch.inference_mode()
+    def encode(self, queries: list[MentionQuery]) -> list[EncodedMention]:
+        from mmoe.texts import mention_text
+
+        start = time.perf_counter()
+        texts = [mention_text(q.mention, q.context) for q in queries]
+        batch = self.processor(texts, [q.image for q in queries])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        explain = any(q.explain for q in queries)
+        with torch.autocast(self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None):
+            feats = self.model.encode(batch, return_gates=explain)
+        feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
+        vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
+        rows = side_rows(dataclasses.replace(feats, gate_weights=None), len(queries))  # gates: summarised below
+        ms = (time.perf_counter() - start) * 1000
+        return [
+            EncodedMention(rows[i], vectors[i], gate_summary(feats, i) if q.explain else None, ms)
+            for i, q in enumerate(queries)
+        ]
+
+
+class Retriever:
+    """Top-K entities by <u_m, u_e> from the collection the alias points at, plus the entity catalog.
+
+    A Milvus Lite file is owned by one process, so with a Lite URI this must run in exactly one place (one
+    Serve replica), and the index job must not write the file meanwhile (point serving at a Milvus server, or
+    at the Lite server of the process that owns the file, to index while serving).
+    """
+
+    def __init__(self, cfg):
+        from cluster.config import milvus_uri
+        from kb_builder.storage import Storage
+        from workers.milvus_store import MilvusStore
+
+        self.cfg = cfg
+        self.storage = Storage(cfg.storage)
+        self.store = MilvusStore(cfg.milvus, milvus_uri(cfg))
+        self._collection: str | None = None
+        self._checked_at = 0.0
+        self._catalog: dict[str, dict] = {}
+        self._catalog_for: str | None = None
+        self._catalog_at = 0.0
+
+    def collection(self) -> str | None:
+        """The alias target, re-resolved at most every ALIAS_REFRESH_S (a swap needs no restart)."""
+        now = time.monotonic()
+        if self._collection is None or now - self._checked_at > ALIAS_REFRESH_S:
+            current = self.store.current_collection()
+            if current is not None and current != self._collection:
+                self.store.client.load_collection(current)  # Milvus keeps a restarted collection released
+            self._collection, self._checked_at = current, now
+        return self._collection
+
+    def _load_catalog(self, collection: str) -> None:
+        """name/description/aliases of every entity, reloaded when the alias moves (the KB may have changed)."""
+        from kb_builder.shards import read_entities
+
+        cols = ["entity_id", "name", "description", "aliases", "image_uris"]
+        df = read_entities(self.storage, self.cfg.kb.name, columns=cols)
+        self._catalog = {row["entity_id"]: row for row in df.iter_rows(named=True)}
+        self._catalog_for, self._catalog_at = collection, time.monotonic()
+
+    def entity(self, entity_id: str) -> dict | None:
+        collection = self.collection()
+        if collection and self._catalog_for != collection:
+            self._load_catalog(collection)
+        row = self._catalog.get(entity_id)
+        return None if row is None else dict(row)
+
+    def ready(self) -> tuple[bool, dict]:
+        collection = self.collection()
+        if collection is None:
+            return False, {"collection": None, "reason": f"alias {self.store.alias!r} does not exist yet"}
+        count = self.store.count(collection)
+        return count > 0, {"collection": collection, "entities": count}
+
+    def _search(self, vectors: np.ndarray, top_k: int, filter_expr: str):
+        collection = self.collection()
+        if collection is None:
+            raise LookupError(f"alias {self.store.alias!r} does not exist yet: run `mel index` first")
+        if self._catalog_for != collection:
+            self._load_catalog(collection)
+        hits = self.store.search(vectors, top_k, filter=filter_expr, collection=collection)
+        ids = sorted({h.entity_id for q in hits for h in q})
+        rows = {r["entity_id"]: r for r in self.store.get(ids, collection=collection, with_vectors=True)}
+        return collection, hits, rows
+
+    def retrieve(self, vectors: np.ndarray, top_k: int, filter_expr: str = "") -> list[Retrieved]:
+        """For each query vector, its top-K hits with their stored vectors, names and descriptions."""
+        start = time.perf_counter()
+        try:
+            collection, hits, rows = self._search(vectors, top_k, filter_expr)
+        except Exception:  # the alias may have just moved and the old collection been dropped: re-resolve once
+            self._collection = None
+            collection, hits, rows = self._search(vectors, top_k, filter_expr)
+        stale = time.monotonic() - self._catalog_at > ALIAS_REFRESH_S
+        if stale and any(h.entity_id not in self._catalog for q in hits for h in q):
+            self._load_catalog(collection)  # an incremental index added entities to the same collection
+        ms = (time.perf_counter() - start) * 1000
+        out = []
+        for q in hits:
+            q = [h for h in q if h.entity_id in rows]  # deleted between search and get
+            vecs = np.asarray([rows[h.entity_id]["vector"] for h in q], dtype=np.float32)
+            meta = [self._catalog.get(h.entity_id, {}) for h in q]
+            out.append(Retrieved(
+                collection=collection,
+                ids=[h.entity_id for h in q],
+                names=[m.get("name", h.name) for m, h in zip(meta, q)],
+                descriptions=[m.get("description", "") for m in meta],
+                vectors=vecs.reshape(len(q), vectors.shape[-1]),
+                ms=ms,
+            ))
+        return out
+
+
+class Reranker:
+    """Exact MMoE scores for each mention's own K candidates, from cached entity-side features."""
+
+    def __init__(self, cfg, model_dir: str | Path, device: str = "cpu"):
+        from kb_builder.storage import Storage
+        from mmoe.pretrained import load_pretrained
+
+        self.storage = Storage(cfg.storage)
+        self.device = device
+        self.model, _ = load_pretrained(str(model_dir), device=device)
+        self.model.eval()
+        self._caches: dict[str, Any] = {}
+
+    def _cache(self, collection: str):
+        from workers.feature_cache import FeatureCache
+
+        if collection not in self._caches:
+            self._caches = {collection: FeatureCache(self.storage, collection)}  # keep only the live one
+        return self._caches[collection]
+
+    def _load(self, collection: str, ids: list[str]) -> dict:
+        try:
+            return self._cache(collection).load(ids)
+        except KeyError:  # an incremental index wrote a delta file after the cache was opened: reopen once
+            self._caches.pop(collection, None)
+            return self._cache(collection).load(ids)
+
+    @torch.inference_mode()
+    def rerank(self, items: list[tuple[EncodedMention, Retrieved]]) -> list[dict]:
+        """-> per item {order, scores, units}: candidates sorted by the full score, best first."""
+        start = time.perf_counter()
+        out: list[dict | None] = [None] * len(items)
+        live = [i for i, (_, r) in enumerate(items) if r.ids]
+        for i in set(range(len(items))) - set(live):
+            out[i] = {"order": [], "scores": [], "units": [], "ms": 0.0}
+        if live:
+            mentions = stack_sides([items[i][0].features for i in live], self.device)
+            caches = [self._load(items[i][1].collection, items[i][1].ids) for i in live]
+            vectors, cache, mask = pad_candidates([items[i][1].vectors for i in live], caches, self.device)
+            scored = self.model.score_candidates(mentions, vectors, cache)
+            scores = scored.scores.float().masked_fill(~mask, float("-inf")).cpu()
+            units = torch.stack([scored.text, scored.image, scored.cross], dim=-1).float().cpu()
+            ms = (time.perf_counter() - start) * 1000
+            for row, i in enumerate(live):
+                k = len(items[i][1].ids)
+                order = torch.argsort(scores[row, :k], descending=True).tolist()
+                out[i] = {"order": order, "scores": scores[row, order].tolist(),
+                          "units": units[row, order].tolist(), "ms": ms}
+        return out
+
+
+def assemble(query: MentionQuery, enc: EncodedMention, ret: Retrieved, ranked: dict, threshold) -> dict:
+    """The `LinkResponse` body: top_k candidates, the NIL decision and per-stage timings."""
+    candidates = []
+    for rank, (j, score, units) in enumerate(zip(ranked["order"], ranked["scores"], ranked["units"]), 1):
+        if rank > query.top_k:
+            break
+        cand = {"entity_id": ret.ids[j], "name": ret.names[j], "description": ret.descriptions[j],
+                "score": round(float(score), 6), "rank": rank}
+        if query.explain:
+            cand["units"] = dict(zip(("text", "image", "cross"), (round(float(u), 6) for u in units)))
+        candidates.append(cand)
+    best = candidates[0]["score"] if candidates else None
+    nil = best is None or (threshold is not None and best < threshold)  # nothing retrieved: NIL too
+    out = {
+        "candidates": candidates, "nil": bool(nil), "nil_threshold": threshold, "collection": ret.collection,
+        "timings_ms": {"encode": round(enc.ms, 3), "retrieve": round(ret.ms, 3), "rerank": round(ranked["ms"], 3)},
+    }
+    if query.explain and enc.gates is not None:
+        out["explain"] = {"expert_usage": enc.gates}
+    return out
+
+
+@dataclass
+class Linker:
+    """The whole pipeline in one process; implements `cluster.api.LinkBackend` for in-process serving."""
+
+    encoder: MentionEncoder
+    retriever: Retriever
+    reranker: Reranker
+    retrieve_k: int = 50
+    threshold: float | None = None
+    model_dir: Path = field(default_factory=Path)
+
+    @classmethod
+    def from_config(cls, cfg, device: str | None = None) -> Linker:
+        model_dir = serving_model_dir(cfg)
+        device = device or pick_device(cfg.serve.num_gpus_per_replica)
+        return cls(MentionEncoder(model_dir, device, cfg.encoder.dtype), Retriever(cfg), Reranker(cfg, model_dir, device),
+                   cfg.serve.retrieve_k, nil_threshold(cfg.serve, model_dir), model_dir)
+
+    def link(self, queries: list[MentionQuery]) -> list[dict]:
+        encoded = self.encoder.encode(queries)
+        retrieved = []
+        for q, e in zip(queries, encoded):  # filters and K differ per query: one search each
+            k = max(self.retrieve_k, q.top_k)
+            retrieved += self.retriever.retrieve(e.vector[None, :], k, q.filter_expr)
+        ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
+        return [assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)]
+
+    # -- LinkBackend -----------------------------------------------------------------------------------------
+    async def link_queries(self, queries: list[MentionQuery]) -> list[dict]:
+        return await asyncio.to_thread(self.link, queries)
+
+    async def entity(self, entity_id: str) -> dict | None:
+        return await asyncio.to_thread(self.retriever.entity, entity_id)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        return await asyncio.to_thread(self.retriever.ready)

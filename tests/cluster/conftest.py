@@ -1,0 +1,115 @@
+"""Fixtures for the serving tests: one sample KB indexed once, served once on real Ray Serve, per session.
+
+Cheap on purpose: 120 entities, the untrained tiny model (`models/init`), entities encoded in-process (no
+encoder actors), Milvus Lite opened by this process and shared with the Serve replicas over its local gRPC
+URI (what `cluster.serve.start_serve` does), so a test can build a second collection and swap the alias while
+the app is running.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+
+@dataclass
+class ServedKB:
+    cfg: object  # MELConfig, milvus.uri pointing at this process's Milvus Lite server
+    url: str
+    model_dir: Path
+    collection: str
+    entities: list[dict]  # entity_id, name, description, image_uris
+    ready_before_index: int  # /readyz status while the alias did not exist yet
+
+
+def index_collection(cfg, model_dir: Path, name: str, entities: list[dict]) -> str:
+    """Encode `entities` with the serving model, write a collection + its rerank feature cache (no alias swap)."""
+    from kb_builder.storage import Storage
+    from workers.encoder import EntityEncoder
+    from workers.feature_cache import FeatureCache
+    from workers.images import ImageLoader
+    from workers.milvus_store import MilvusStore
+
+    loader = ImageLoader(cfg.encoder, cfg.storage, allowed_roots=[])
+    encoded = EntityEncoder(model_dir, cfg.encoder, device="cpu", loader=loader).encode_entities(entities)
+    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    store.create(name, encoded.vectors.shape[1])
+    store.upsert(name, [
+        {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
+        for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
+    ])
+    store.flush(name)
+    FeatureCache(Storage(cfg.storage), name).write_shard("part-00000", encoded.ids, encoded.cache)
+    store.close()
+    return name
+
+
+def swap_alias(cfg, collection: str) -> str | None:
+    from workers.milvus_store import MilvusStore
+
+    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    try:
+        return store.swap_alias(collection, drop_old=False)
+    finally:
+        store.close()
+
+
+def wait_ready(url: str, attempts: int = 120) -> int:
+    status = 0
+    for _ in range(attempts):
+        status = httpx.get(f"{url}/readyz", timeout=30).status_code
+        if status == 200:
+            return status
+        time.sleep(0.5)
+    return status
+
+
+@pytest.fixture(scope="session")
+def served_kb(tmp_path_factory, ray_session):
+    """Sample KB -> models/init -> Serve app (not ready) -> index + alias -> ready. Torn down at the end."""
+    from milvus_lite.server_manager import server_manager_instance
+    from ray import serve
+
+    from cluster.config import load_config
+    from cluster.linker import serving_model_dir
+    from cluster.serve import start_serve
+    from kb_builder.build import build_kb
+    from kb_builder.shards import read_entities
+    from kb_builder.storage import Storage
+
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = load_config(overrides=[
+        f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}",
+        "kb.sample_entities=120", "kb.sample_mentions=400", f"serve.port={free_port()}",
+        "serve.max_body_bytes=200000", "serve.max_image_bytes=100000", "serve.max_batch_mentions=8",
+        "serve.max_text_chars=500", "serve.num_cpus_per_replica=0.1",
+    ])
+    build_kb(cfg.kb, cfg.storage, progress=False)
+    lite_file = tmp / "data" / "milvus.db"
+    cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(lite_file))
+    model_dir = serving_model_dir(cfg)  # builds models/init once, before replicas load it
+    entities = read_entities(Storage(cfg.storage), cfg.kb.name,
+                             columns=["entity_id", "name", "description", "image_uris"]).to_dicts()
+
+    url = start_serve(cfg)
+    before = httpx.get(f"{url}/readyz", timeout=30).status_code
+    collection = index_collection(cfg, model_dir, f"{cfg.milvus.collection}_v1", entities)
+    swap_alias(cfg, collection)
+    wait_ready(url)
+    yield ServedKB(cfg, url, model_dir, collection, entities, before)
+    serve.shutdown()
+    server_manager_instance.release_server(str(lite_file))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def client(served_kb):
+    with httpx.Client(base_url=served_kb.url, timeout=60) as c:
+        yield c

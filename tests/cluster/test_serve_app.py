@@ -1,0 +1,155 @@
+"""The served linker over real HTTP on Ray Serve: health, readiness, linking, explain, entities, batch, alias swap.
+
+Gold mentions: an entity's own name as the mention, its description as the context and its own image. The text
+then equals the entity text exactly (mmoe.texts), so even the untrained model must rank that entity first.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+
+from tests.cluster.conftest import index_collection, swap_alias
+
+
+def gold_body(entity: dict, with_image: bool = True, **extra) -> dict:
+    body = {"mention": entity["name"], "context": entity["description"], **extra}
+    if with_image and entity["image_uris"]:
+        body["image"] = base64.b64encode(Path(entity["image_uris"][0]).read_bytes()).decode()
+    return body
+
+
+def test_health_and_readiness(served_kb, client):
+    assert served_kb.ready_before_index == 503  # no alias yet: not ready
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["entities"] == len(served_kb.entities)
+    assert client.get("/docs").status_code == 200
+    assert "/link/batch" in client.get("/openapi.json").json()["paths"]
+
+
+def test_known_mentions_link_to_gold(served_kb, client):
+    sample = served_kb.entities[:12]
+    for entity in sample:
+        reply = client.post("/link", json=gold_body(entity, top_k=5))
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert [c["rank"] for c in body["candidates"]] == [1, 2, 3, 4, 5]
+        assert body["candidates"][0]["entity_id"] == entity["entity_id"]
+        assert body["candidates"][0]["description"] == entity["description"]
+        scores = [c["score"] for c in body["candidates"]]
+        assert scores == sorted(scores, reverse=True)
+        assert body["nil"] is False and body["collection"] == served_kb.collection
+        assert {"encode", "retrieve", "rerank", "total"} <= set(body["timings_ms"])
+
+
+def test_image_uri_under_the_kb_root(served_kb, client):
+    entity = next(e for e in served_kb.entities if e["image_uris"])
+    body = gold_body(entity, with_image=False, image=entity["image_uris"][0])
+    reply = client.post("/link", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["candidates"][0]["entity_id"] == entity["entity_id"]
+
+
+def test_explain_adds_gates_and_unit_scores(served_kb, client):
+    entity = served_kb.entities[0]
+    body = client.post("/link", json=gold_body(entity, top_k=3, explain=True)).json()
+    usage = body["explain"]["expert_usage"]
+    assert set(usage) == {"text_intra", "image_intra", "cross_text", "cross_image"}
+    for layer in usage.values():
+        assert abs(sum(layer["share"]) - 1.0) < 1e-3
+    for cand in body["candidates"]:
+        units = cand["units"]
+        assert abs((units["text"] + units["image"] + units["cross"]) / 3 - cand["score"]) < 1e-3
+    plain = client.post("/link", json=gold_body(entity, top_k=3)).json()
+    assert "explain" not in plain and "units" not in plain["candidates"][0]
+
+
+def test_filters_restrict_candidates(served_kb, client):
+    entity = served_kb.entities[0]
+    allowed = [e["entity_id"] for e in served_kb.entities[20:23]]
+    by_id = client.post("/link", json=gold_body(entity, top_k=10, filters={"entity_ids": allowed})).json()
+    assert sorted(c["entity_id"] for c in by_id["candidates"]) == sorted(allowed)
+    by_name = client.post("/link", json=gold_body(entity, filters={"name": entity["name"]})).json()
+    assert {c["name"] for c in by_name["candidates"]} == {entity["name"]}
+    assert entity["entity_id"] == by_name["candidates"][0]["entity_id"]
+    with_image = client.post("/link", json=gold_body(entity, filters={"has_image": True})).json()
+    assert with_image["candidates"][0]["entity_id"] == entity["entity_id"]
+    none = client.post("/link", json=gold_body(entity, filters={"has_image": False})).json()  # all have images
+    assert none["candidates"] == [] and none["nil"] is True
+    quoted = client.post("/link", json=gold_body(entity, filters={"name": 'x" or name != "'}))
+    assert quoted.status_code == 200 and quoted.json()["candidates"] == []  # a literal, not an expression
+
+
+def test_batch_matches_single(served_kb, client):
+    sample = served_kb.entities[:4]
+    batch = client.post("/link/batch", json={"mentions": [gold_body(e, top_k=3) for e in sample]})
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["candidates"][0]["entity_id"] for r in results] == [e["entity_id"] for e in sample]
+    single = client.post("/link", json=gold_body(sample[1], top_k=3)).json()
+    assert [c["entity_id"] for c in single["candidates"]] == [c["entity_id"] for c in results[1]["candidates"]]
+
+
+def test_entities_endpoint(served_kb, client):
+    entity = served_kb.entities[3]
+    reply = client.get(f"/entities/{entity['entity_id']}")
+    assert reply.status_code == 200
+    assert reply.json()["name"] == entity["name"]
+    missing = client.get("/entities/NO_SUCH_ID")
+    assert missing.status_code == 404
+    assert missing.json()["field"] == "entity_id" and missing.json()["request_id"]
+
+
+def test_in_process_linker_equals_http(served_kb, client):
+    from PIL import Image
+
+    from cluster.linker import Linker, MentionQuery
+
+    linker = Linker.from_config(served_kb.cfg, device="cpu")
+    for entity in served_kb.entities[5:8]:
+        image = Image.open(entity["image_uris"][0]).convert("RGB") if entity["image_uris"] else None
+        (local,) = linker.link([MentionQuery(entity["name"], entity["description"], image, top_k=5)])
+        remote = client.post("/link", json=gold_body(entity, top_k=5)).json()
+        assert [c["entity_id"] for c in local["candidates"]] == [c["entity_id"] for c in remote["candidates"]]
+        for a, b in zip(local["candidates"], remote["candidates"]):
+            assert abs(a["score"] - b["score"]) < 1e-3
+
+
+def test_print_serve_config_is_a_serve_yaml(served_kb):
+    from cluster.config import load_config
+    from cluster.serve import AppArgs, _flatten, print_serve_config
+
+    doc = yaml.safe_load(print_serve_config(served_kb.cfg))
+    (app,) = doc["applications"]
+    assert app["import_path"] == "cluster.serve:app_builder"
+    assert {d["name"] for d in app["deployments"]} == {"LinkIngress", "MentionEncoder", "Retriever", "Reranker"}
+    retriever = next(d for d in app["deployments"] if d["name"] == "Retriever")
+    assert retriever["num_replicas"] == 1 or "autoscaling_config" in retriever
+    assert doc["http_options"]["port"] == served_kb.cfg.serve.port
+    args = AppArgs.model_validate(app["args"])  # app_builder rebuilds the very same config from the YAML
+    assert load_config(args.config_path, overrides=_flatten(args.config)) == served_kb.cfg
+
+
+def test_new_alias_is_picked_up_without_restart(served_kb, client):
+    """A second collection without the gold entity; after the alias swap the answer no longer contains it."""
+    import time
+
+    entity = served_kb.entities[10]
+    rest = [e for e in served_kb.entities if e["entity_id"] != entity["entity_id"]]
+    second = index_collection(served_kb.cfg, served_kb.model_dir, f"{served_kb.cfg.milvus.collection}_v2", rest)
+    swap_alias(served_kb.cfg, second)
+    try:
+        body = {}
+        for _ in range(60):  # the retriever re-resolves the alias about once a second
+            body = client.post("/link", json=gold_body(entity, top_k=5)).json()
+            if body.get("collection") == second:
+                break
+            time.sleep(0.25)
+        assert body["collection"] == second
+        assert entity["entity_id"] not in {c["entity_id"] for c in body["candidates"]}
+    finally:
+        swap_alias(served_kb.cfg, served_kb.collection)
