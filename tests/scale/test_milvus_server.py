@@ -1,0 +1,222 @@
+"""Issue 10: Milvus beyond Lite. The Parquet-writing half of bulk import runs here against moto's S3 server;
+the import itself needs a Milvus server and runs when MILVUS_URI is set (skipped otherwise).
+
+Server run, e.g. with the Milvus docker-compose (MinIO bucket `a-bucket`):
+    MILVUS_URI=http://127.0.0.1:19530 MILVUS_BUCKET=a-bucket MILVUS_S3_ENDPOINT=http://127.0.0.1:9000 \
+    AWS_ACCESS_KEY_ID=minioadmin AWS_SECRET_ACCESS_KEY=minioadmin pytest -m milvus_server tests/scale
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from workers.milvus_server import (
+    BulkImportError,
+    bulk_arrow_schema,
+    bulk_import,
+    bulk_table,
+    import_paths,
+    server_only,
+    start_import,
+    write_bulk_files,
+)
+
+MILVUS_URI = os.environ.get("MILVUS_URI", "")
+needs_server = pytest.mark.skipif(
+    not MILVUS_URI,
+    reason="needs a Milvus server: set MILVUS_URI (e.g. http://127.0.0.1:19530), MILVUS_BUCKET (its minio.bucketName), "
+    "MILVUS_S3_ENDPOINT and AWS credentials of that bucket; no Milvus server can run on this machine",
+)
+
+
+@dataclass
+class Batch:  # the fields of workers.encoder.EncodedEntities that bulk import reads
+    ids: list[str]
+    vectors: np.ndarray
+    names: list[str]
+    has_image: np.ndarray
+    content_hashes: list[str]
+
+
+def make_batches(n: int, dim: int, batch_size: int, seed: int = 0) -> list[Batch]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    out = []
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        out.append(
+            Batch(
+                [f"Q{i}" for i in idx],
+                vectors[list(idx)],
+                [f"entity {i} é" for i in idx],
+                np.array([i % 3 != 0 for i in idx]),
+                [f"h{i:04d}" for i in idx],
+            )
+        )
+    return out
+
+
+def _storage(endpoint: str, bucket: str, tmp_path):
+    from kb_builder.config import StorageConfig
+    from kb_builder.storage import Storage
+
+    return Storage(
+        StorageConfig(
+            root=f"s3://{bucket}/mel",
+            s3_endpoint_url=endpoint,
+            s3_region="us-east-1",
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
+
+
+# -- the Parquet half, for real against moto's S3 server ---------------------------------------------------------
+def test_bulk_files_on_s3_have_milvus_import_layout(s3_bucket, tmp_path):
+    import pyarrow.parquet as pq
+
+    endpoint, bucket = s3_bucket
+    storage = _storage(endpoint, bucket, tmp_path)
+    batches = make_batches(20, dim=16, batch_size=8)
+    uris = write_bulk_files(storage, f"s3://{bucket}/mel/bulk/v1", batches, rows_per_file=7)
+    assert uris == [f"s3://{bucket}/mel/bulk/v1/part-{i:05d}.parquet" for i in range(3)]
+    assert sorted(storage.list(f"s3://{bucket}/mel/bulk/v1/")) == uris
+
+    tables = [pq.read_table(storage.local_path(u)) for u in uris]
+    assert [t.num_rows for t in tables] == [7, 7, 6]
+    for table in tables:
+        assert table.schema.equals(bulk_arrow_schema())
+    ids = [i for t in tables for i in t.column("entity_id").to_pylist()]
+    assert ids == [f"Q{i}" for i in range(20)]
+    vectors = np.concatenate([np.stack(t.column("vector").to_numpy(zero_copy_only=False)) for t in tables])
+    expected = np.concatenate([b.vectors for b in batches])
+    assert vectors.dtype == np.float32 and np.array_equal(vectors, expected)
+    assert [n for t in tables for n in t.column("name").to_pylist()] == [f"entity {i} é" for i in range(20)]
+    assert [h for t in tables for h in t.column("has_image").to_pylist()] == [i % 3 != 0 for i in range(20)]
+    assert [h for t in tables for h in t.column("content_hash").to_pylist()] == [
+        f"h{i:04d}" for i in range(20)
+    ]
+
+
+def test_bulk_table_applies_the_collection_limits():
+    long_name = "é" * 1500  # 3000 UTF-8 bytes: cut to 2048 bytes on a character boundary
+    table = bulk_table(["a"], np.ones((1, 4)), [long_name], [True], ["x" * 300])
+    assert table.column("name")[0].as_py() == "é" * 1024
+    assert table.column("content_hash")[0].as_py() == "x" * 128
+    with pytest.raises(ValueError, match="NaN/inf"):
+        bulk_table(["a", "b"], np.array([[1.0, 2.0], [np.nan, 0.0]]), ["", ""], [False, False], ["", ""])
+    with pytest.raises(ValueError, match="longer than 512 bytes"):
+        bulk_table(["x" * 513], np.ones((1, 2)), [""], [False], [""])
+    with pytest.raises(ValueError, match=r"shape \(3, 2\), expected \[2, D\]"):
+        bulk_table(["a", "b"], np.ones((3, 2)), ["", ""], [False, False], ["", ""])
+
+
+def test_import_paths_are_keys_inside_the_milvus_bucket():
+    assert import_paths(["s3://a-bucket/mel/bulk/part-00000.parquet"], "a-bucket") == [
+        "mel/bulk/part-00000.parquet"
+    ]
+    with pytest.raises(ValueError, match="its own bucket 'a-bucket'"):
+        import_paths(["s3://other/mel/part-00000.parquet"], "a-bucket")
+    with pytest.raises(ValueError, match="write the files to s3://"):
+        import_paths(["/tmp/part-00000.parquet"], "a-bucket")
+
+
+def test_server_only_index_types():
+    assert server_only("IVF_PQ") and server_only("diskann") and server_only("GPU_CAGRA")
+    assert not server_only("FLAT") and not server_only("HNSW") and not server_only("IVF_FLAT")
+
+
+def test_bulk_import_refuses_milvus_lite_with_a_clear_message(tmp_path):
+    from workers.config import MilvusConfig
+    from workers.milvus_store import MilvusStore
+
+    store = MilvusStore(MilvusConfig(collection="lite_ents"), str(tmp_path / "milvus.db"))
+    try:
+        store.create("lite_ents_v1", 4)
+        with pytest.raises(BulkImportError, match="Milvus Lite file: bulk import needs a Milvus server"):
+            start_import(store, "lite_ents_v1", ["mel/bulk/part-00000.parquet"])
+    finally:
+        store.close(release_file=True)
+
+
+# -- the server half: runs only where MILVUS_URI points at a Milvus server --------------------------------------
+@pytest.fixture
+def server_env(tmp_path):
+    from kb_builder.config import StorageConfig
+    from kb_builder.storage import Storage
+    from workers.config import MilvusConfig
+    from workers.milvus_store import MilvusStore
+
+    bucket = os.environ.get("MILVUS_BUCKET", "a-bucket")
+    storage = Storage(
+        StorageConfig(
+            root=f"s3://{bucket}/mel-tests",
+            s3_endpoint_url=os.environ.get("MILVUS_S3_ENDPOINT") or None,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
+    alias = f"mel_scale_{uuid.uuid4().hex[:8]}"
+    cfg = MilvusConfig(
+        uri=MILVUS_URI,
+        token=os.environ.get("MILVUS_TOKEN", ""),
+        collection=alias,
+        index_type="IVF_PQ",
+        index_params={"nlist": 8, "m": 4, "nbits": 8},
+        search_params={"nprobe": 8},
+        consistency_level="Bounded",
+    )
+    store = MilvusStore(cfg, MILVUS_URI)
+    yield store, storage, bucket
+    for name in store.list_versions():
+        store.drop(name)
+    store.close()
+
+
+@pytest.mark.milvus_server
+@needs_server
+def test_bulk_import_from_s3_into_server_with_ivf_pq(server_env):
+    store, storage, bucket = server_env
+    name = f"{store.alias}_v1"
+    store.create(name, 16)  # IVF_PQ: a server-only index type
+    batches = make_batches(300, dim=16, batch_size=64, seed=1)
+    report = bulk_import(
+        store,
+        name,
+        storage,
+        f"s3://{bucket}/mel-tests/{name}",
+        batches,
+        bucket,
+        rows_per_file=128,
+        timeout_s=600,
+    )
+    assert len(report.files) == 3 and report.failures == []
+    assert report.rows == 300
+    assert store.count(name) == 300
+    got = store.get(["Q0", "Q299"], collection=name)
+    assert [r["entity_id"] for r in got] == ["Q0", "Q299"]
+    assert [r["content_hash"] for r in got] == ["h0000", "h0299"]
+    store.swap_alias(name)
+    assert store.current_collection() == name
+
+
+@pytest.mark.milvus_server
+@needs_server
+def test_bulk_import_reports_a_bad_file(server_env):
+    store, storage, bucket = server_env
+    name = f"{store.alias}_v2"
+    store.create(name, 8)  # the files carry 16-d vectors: Milvus must refuse them
+    with pytest.raises(BulkImportError, match="part-00000.parquet"):
+        bulk_import(
+            store,
+            name,
+            storage,
+            f"s3://{bucket}/mel-tests/{name}",
+            make_batches(10, 16, 10),
+            bucket,
+            timeout_s=600,
+        )
