@@ -1,0 +1,139 @@
+"""Milvus ANN vs exact brute force (numpy) on clustered random vectors: recall@10/@100 and queries/s per index.
+
+    python3 bench/bench_ann.py --n 100000 --dim 512 --queries 200
+    python3 bench/bench_ann.py --n 1000000 --index-types HNSW,IVF_FLAT     # if time and memory allow
+
+The data are unit vectors around `--clusters` random centres (like CLIP embeddings: many near neighbours), and
+queries come from the same distribution. Rows are inserted once; each index type is then built on the same
+collection (drop_index/create_index), so every row of the table searches identical data. `speedup` = the
+index's batched queries/s / exact numpy queries/s measured in the same run. The index types tried are the ones
+this Milvus build can construct (Milvus Lite: workers.milvus_store.lite_index_types()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workers.config import MilvusConfig  # noqa: E402
+from workers.milvus_store import MilvusStore, is_lite, lite_index_types  # noqa: E402
+
+# Build / search parameters per index type (search ef must be >= top_k for HNSW).
+PARAMS = {
+    "FLAT": ({}, {}),
+    "AUTOINDEX": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
+    "HNSW_SQ": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
+}
+ORDER = ["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX"]
+
+
+def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator, centres=None):
+    """Unit vectors: a random centre plus noise of about 0.7x the centre's norm."""
+    if centres is None:
+        centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, len(centres), n)] + rng.normal(scale=0.7 / np.sqrt(dim), size=(n, dim))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), centres
+
+
+def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int, chunk: int = 50_000) -> np.ndarray:
+    """Exact inner-product top-k ids per query, chunked over the data to bound memory."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(data), chunk):
+        scores = queries @ data[start : start + chunk].T  # [Q, chunk]
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
+def recall(found: list[list[int]], truth: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth)]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--index-types", default="", help="comma list (default: every type this Milvus builds)")
+    parser.add_argument("--uri", default="", help="Milvus URI (default: a temp Milvus Lite file)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(args.seed)
+    data, centres = clustered(args.n, args.dim, args.clusters, rng)
+    queries, _ = clustered(args.queries, args.dim, args.clusters, rng, centres)
+    start = time.perf_counter()
+    truth = exact_top_k(data, queries, 100)
+    exact_qps = args.queries / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = args.uri or str(Path(tmp) / "milvus.db")
+        wanted = [t.strip().upper() for t in args.index_types.split(",") if t.strip()]
+        available = lite_index_types() if is_lite(uri) else set(ORDER)
+        types = [t for t in (wanted or ORDER) if t in available]
+        store = MilvusStore(MilvusConfig(collection="ann", index_type="FLAT", insert_batch_size=5000), uri)
+        name = "ann_v1"
+        if store.exists(name):
+            store.drop(name)
+        store.create(name, args.dim)
+        start = time.perf_counter()
+        store.upsert(name, [{"entity_id": str(i), "vector": v} for i, v in enumerate(data)])
+        store.flush(name)
+        ingest_s = time.perf_counter() - start
+        print(f"ANN benchmark: {args.n} x {args.dim}-d clustered unit vectors ({args.clusters} clusters), "
+              f"{args.queries} queries, metric IP, uri {uri}")
+        print(f"ingest {ingest_s:.1f} s ({args.n / ingest_s:.0f} rows/s); exact numpy top-100: {exact_qps:.1f} q/s")
+        header = (f"{'index':>9} | {'params':>32} | {'build s':>7} | {'recall@10':>9} | {'recall@100':>10} | "
+                  f"{'q/s (1)':>7} | {'q/s (batch)':>11} | {'speedup':>7}")
+        print(header + "\n" + "-" * len(header))
+        client = store.client
+        for index_type in types:
+            build, search = PARAMS[index_type]
+            client.release_collection(name)
+            client.drop_index(name, "vector")
+            spec = client.prepare_index_params()
+            spec.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=build)
+            start = time.perf_counter()
+            try:
+                client.create_index(name, spec)
+            except Exception as exc:  # a long build can outlive the gRPC keepalive: the retried call finds it built
+                if "already exists" not in str(exc):
+                    raise
+            client.load_collection(name)
+            build_s = time.perf_counter() - start
+            sp = {"metric_type": "IP", "params": search}
+            start = time.perf_counter()
+            for q in queries[: min(50, len(queries))]:  # one query per call, as a serving replica sends them
+                client.search(name, data=[q.tolist()], limit=10, search_params=sp, output_fields=[])
+            single_qps = min(50, len(queries)) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            hits = client.search(name, data=queries.tolist(), limit=100, search_params=sp, output_fields=[])
+            batch_qps = len(queries) / (time.perf_counter() - start)
+            found = [[int(h["entity_id"]) for h in q] for q in hits]
+            print(f"{index_type:>9} | {str(build or '-'):>32} | {build_s:>7.1f} | {recall(found, truth, 10):>9.3f} | "
+                  f"{recall(found, truth, 100):>10.3f} | {single_qps:>7.1f} | {batch_qps:>11.1f} | "
+                  f"{batch_qps / exact_qps:>7.2f}")
+        store.drop(name)
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

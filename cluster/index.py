@@ -1,0 +1,15 @@
+"""`mel index`: start or join Ray, pick the model folder, and run the indexing job (workers.index_job)."""
+
+from __future__ import annotations
+
+
+def run_index_job(cfg, mode: str = "full", checkpoint: str = ""):
+    """Index `cfg.kb` into Milvus with the model `checkpoint` (default: `<root>/models/init`); -> IndexReport."""
+    from cluster.config import milvus_uri
+    from cluster.ray_runtime import init_ray
+    from workers.index_job import run_index
+    from workers.model_store import resolve_model_dir
+
+    init_ray(cfg.ray)
+    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint)
+    return run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, mode=mode)

@@ -1,0 +1,241 @@
+"""The indexing job: KB entity shards -> vectors in Milvus + rerank features, resumable and exact.
+
+Full mode builds a NEW collection `<alias>_v<kb_version[:12]>_<model hash[:8]>` shard by shard, records each
+shard in `<root>/index/<collection>/progress.json` only after its Milvus upsert is flushed and its feature file
+is written, then points the alias at it (searches keep using the old collection until then). Re-running
+skips finished shards; upserts keyed by entity_id make a half-written shard safe to redo, so the final count
+equals the number of entities exactly. Incremental mode applies kb_builder's diff.json to the CURRENT
+collection: upsert added/changed, delete deleted, and a `delta-*` feature file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kb_builder.config import KBConfig, StorageConfig
+from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
+from kb_builder.storage import Storage, is_s3
+from workers.config import EncoderConfig, MilvusConfig
+from workers.encoder import EncodedEntities, concat_encoded
+from workers.feature_cache import FeatureCache
+from workers.milvus_store import ID_MAX_BYTES, MilvusStore, versioned_name
+from workers.model_store import model_fingerprint
+from workers.progress import Progress
+from workers.ray_pool import EncodingPool
+
+
+@dataclass
+class IndexReport:
+    mode: str
+    collection: str
+    alias: str
+    encoded: int = 0  # entities encoded and written by this run
+    total: int = 0  # rows in the collection at the end (exact count)
+    text_only: int = 0  # written without an image (none given, or it failed to load)
+    image_errors: list[str] = field(default_factory=list)  # missing/corrupt/rejected images, naming the uri
+    failures: list[str] = field(default_factory=list)  # entities that could not be encoded or written
+    deleted: int = 0
+    shards: int = 0
+    skipped_shards: int = 0  # already complete in an earlier run
+    swapped: bool = False  # the alias now points at `collection`
+    elapsed_s: float = 0.0
+    device: str = "CPU"
+    model_dir: str = ""
+
+    @property
+    def indexed_total(self) -> int:
+        return self.total
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def entities_per_s(self) -> float:
+        return self.encoded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"index ({self.mode}) -> {self.collection} (alias {self.alias}{', swapped' if self.swapped else ''})",
+            f"  indexed {self.encoded} entities this run, collection holds {self.total}; deleted {self.deleted}",
+            f"  text-only {self.text_only} ({len(self.image_errors)} image errors), failed {self.failed}",
+            f"  shards {self.shards} ({self.skipped_shards} already done), {self.elapsed_s:.1f} s, "
+            f"{self.entities_per_s:.1f} entities/s on {self.device}",
+        ]
+        lines += [f"  image error: {e}" for e in self.image_errors[:5]]
+        lines += [f"  failed: {e}" for e in self.failures[:5]]
+        return "\n".join(lines)
+
+
+class ProgressFile:
+    """`<root>/index/<collection>/progress.json`: {"shards": {name: {...counts, "done": true}}, "complete": bool}."""
+
+    def __init__(self, storage: Storage, collection: str):
+        self.storage = storage
+        self.uri = storage.join("index", collection, "progress.json")
+        self.state = json.loads(storage.read_bytes(self.uri)) if storage.exists(self.uri) else {"shards": {}}
+
+    def done(self, shard: str) -> bool:
+        return bool(self.state["shards"].get(shard, {}).get("done"))
+
+    def save(self, **fields) -> None:
+        self.state.update(fields)
+        self.storage.write_bytes(self.uri, json.dumps(self.state, indent=2).encode())
+
+    def mark(self, shard: str, **counts) -> None:
+        self.state["shards"][shard] = {**counts, "done": True}
+        self.save()
+
+
+def retrieval_dim(model_dir: Path) -> int:
+    """D = CLIP projection_dim + 3 * mmoe.dim, read from config.json (no model load in the driver)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config["clip"]["projection_dim"]) + 3 * int(config["mmoe"]["dim"])
+
+
+def allowed_image_roots(storage: Storage, kb_cfg: KBConfig) -> list[str]:
+    """Folders of the local KB inputs (images are resolved against them); the storage root is added by the loader."""
+    roots = []
+    for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
+        if is_s3(uri):
+            continue
+        path = Path(uri).expanduser()
+        while any(ch in str(path) for ch in "*?["):
+            path = path.parent
+        roots.append(str(path if path.is_dir() else path.parent))
+    return roots
+
+
+def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities) -> None:
+    store.upsert(collection, [
+        {"entity_id": i, "vector": v, "name": n, "has_image": bool(h), "content_hash": c}
+        for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
+    ])
+
+
+def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage):
+    """(shard name, batch index), rows; a shard's Parquet is read only when its turn comes (bounded memory)."""
+    for name, source in work:
+        rows = read_shard(storage, source).to_dicts() if isinstance(source, str) else source
+        for index, start in enumerate(range(0, len(rows), batch_size)):
+            yield (name, index), rows[start : start + batch_size]
+
+
+def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: EncoderConfig, milvus_cfg: MilvusConfig,
+              milvus_uri: str, model_dir: str | Path, mode: str = "full", progress: bool = True,
+              limit_shards: int | None = None, crash_marker: str = "") -> IndexReport:
+    """Index the KB (Ray must be initialised). `limit_shards` stops after that many new shards (staged runs);
+    `crash_marker` is the tests' fault-injection hook (see EncoderWorker)."""
+    if mode not in ("full", "incremental"):
+        raise ValueError(f"mode={mode!r}: expected full | incremental")
+    started = time.perf_counter()
+    storage = Storage(storage_cfg)
+    manifest = read_manifest(storage, kb_cfg.name)
+    model_hash = model_fingerprint(Path(model_dir))
+    dim = retrieval_dim(Path(model_dir))
+    store = MilvusStore(milvus_cfg, milvus_uri)
+    if mode == "incremental":
+        collection = store.current_collection()
+        if collection is None:
+            raise LookupError(f"no collection behind alias {milvus_cfg.collection!r}: run a full index first")
+        store.check_dim(collection, dim)
+        if not collection.endswith(model_hash[:8]):
+            raise ValueError(f"collection {collection!r} was built with another model than {model_dir}: "
+                             "run a full index (it builds a new collection)")
+    else:
+        collection = versioned_name(milvus_cfg.collection, f"{manifest['kb_version'][:12]}_{model_hash[:8]}")
+    report = IndexReport(mode, collection, milvus_cfg.collection, device="none (nothing to encode)",
+                         model_dir=str(model_dir))
+    progress_file = ProgressFile(storage, collection)
+    if mode == "full" and not store.exists(collection) and progress_file.state["shards"]:
+        progress_file.save(shards={}, complete=False)  # the collection was dropped since: its progress is void
+    cache = FeatureCache(storage, collection)
+
+    # 1. what to encode: pending full shards (name, uri, rows), or the diff's added + changed rows
+    deleted: list[str] = []
+    if mode == "full":
+        uris = entity_shard_uris(storage, kb_cfg.name)
+        names = [u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in uris]
+        counts = [int(s["rows"]) for s in manifest["entities"]["shards"]]
+        report.shards = len(names)
+        todo = [(n, u, c) for n, u, c in zip(names, uris, counts) if not progress_file.done(n)]
+        report.skipped_shards = len(names) - len(todo)
+        todo = todo[:limit_shards] if limit_shards is not None else todo
+        store.create(collection, dim)
+        work = [(n, u) for n, u, _ in todo]
+        sizes = {n: c for n, _, c in todo}
+    else:
+        diff = read_diff(storage, kb_cfg.name)
+        wanted = set(diff.get("added", [])) | set(diff.get("changed", []))
+        stamp = "".join(ch for ch in manifest["build_time"] if ch.isdigit())[:14]
+        delta = f"delta-{stamp}-{manifest['kb_version'][:8]}"  # same KB build, same file: re-runs overwrite it
+        rows = [r for u in entity_shard_uris(storage, kb_cfg.name) for r in read_shard(storage, u).to_dicts()
+                if r["entity_id"] in wanted]
+        work, sizes, deleted = [(delta, rows)], {delta: len(rows)}, list(diff.get("deleted", []))
+        report.shards = 1
+
+    # 2. encode on Ray actors; 3. write each finished shard (Milvus flush + feature file, then progress)
+    meter = Progress(sum(sizes.values()), "entities", enabled=progress and bool(work))
+    expected = {name: -(-size // encoder_cfg.batch_size) for name, size in sizes.items()}
+    results: dict[str, dict[int, EncodedEntities]] = {name: {} for name in sizes}
+    if any(sizes.values()):
+        pool = EncodingPool(model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker)
+        report.device = pool.device
+        try:
+            for res in pool.run(_batches(work, encoder_cfg.batch_size, storage)):
+                name, index = res.key
+                if res.encoded is None:
+                    res.encoded = concat_encoded([], dim)
+                    res.encoded.failed = [f"{i}: {res.error}" for i in res.ids]
+                results[name][index] = res.encoded
+                meter.update(len(res.encoded.ids) + len(res.encoded.failed))
+                if len(results[name]) == expected[name]:
+                    _finish_shard(name, results.pop(name), store, collection, cache, progress_file, report, dim,
+                                  deleted)
+        finally:
+            pool.close()
+    for name in list(results):  # shards without rows (an incremental run that only deletes)
+        _finish_shard(name, {}, store, collection, cache, progress_file, report, dim, deleted)
+    meter.close()
+
+    # 4. exact count, then publish: point the alias at a finished full build
+    report.total = store.count(collection)
+    if mode == "full" and all(progress_file.done(n) for n in names):
+        progress_file.save(complete=True, kb_version=manifest["kb_version"], model_hash=model_hash, dim=dim)
+        before = store.current_collection()
+        dropped = store.swap_alias(collection)
+        report.swapped = before != collection
+        if dropped:  # the old collection is gone: so are its progress and rerank features
+            for uri in storage.list(storage.join("index", dropped)) + storage.list(storage.join("features", dropped)):
+                storage.delete(uri)
+    report.elapsed_s = time.perf_counter() - started
+    store.close()
+    return report
+
+
+def _finish_shard(name, parts, store, collection, cache, progress_file, report, dim, deleted) -> None:
+    enc = concat_encoded([parts[i] for i in sorted(parts)], dim)
+    bad = [k for k, i in enumerate(enc.ids) if len(i.encode("utf-8")) > ID_MAX_BYTES]
+    if bad:  # Milvus would reject the whole upsert: drop these rows and name them
+        enc.failed += [f"{enc.ids[k][:80]}...: entity_id longer than {ID_MAX_BYTES} bytes" for k in bad]
+        keep = np.setdiff1d(np.arange(len(enc.ids)), bad)
+        enc = EncodedEntities([enc.ids[k] for k in keep], enc.vectors[keep], {k: v[keep] for k, v in enc.cache.items()},
+                              enc.has_image[keep], enc.image_errors, [enc.names[k] for k in keep],
+                              [enc.content_hashes[k] for k in keep], enc.failed)
+    write_batch(store, collection, enc)
+    store.delete(collection, deleted)
+    store.flush(collection)
+    cache.write_shard(name, enc.ids, enc.cache, deleted=deleted)
+    text_only = int((~enc.has_image).sum())
+    report.encoded += len(enc.ids)
+    report.text_only += text_only
+    report.deleted += len(deleted)
+    report.image_errors += enc.image_errors
+    report.failures += enc.failed
+    progress_file.mark(name, rows=len(enc.ids), text_only=text_only, image_errors=len(enc.image_errors),
+                       failed=len(enc.failed), deleted=len(deleted))

@@ -1,0 +1,277 @@
+"""The entity vector store: versioned Milvus collections behind one alias that serving reads.
+
+Schema of every collection (one row per KB entity):
+
+| field        | type                 | why                                                        |
+|--------------|----------------------|------------------------------------------------------------|
+| entity_id    | VARCHAR(512), PK     | upserts are keyed by it, so re-runs never duplicate rows   |
+| vector       | FLOAT_VECTOR(D)      | u_e, searched by inner product (reference section 2)       |
+| name         | VARCHAR(2048 bytes)  | returned with hits; truncated on a UTF-8 boundary          |
+| has_image    | BOOL                 | lets a caller filter text-only entities                    |
+| content_hash | VARCHAR(128)         | the KB row's hash: incremental updates compare it          |
+
+A full build writes a new collection `<alias>_v<tag>` and then `swap_alias` points the alias at it, so searches
+keep answering from the old collection until the new one is complete.
+
+Milvus Lite (a local `.db` path) builds FLAT/BRUTE_FORCE, AUTOINDEX and, when faiss-cpu is importable, HNSW,
+HNSW_SQ, IVF_FLAT and IVF_SQ8 indexes; anything else (IVF_PQ, DISKANN, SCANN, ...) falls back to FLAT with a
+logged warning. A Lite file is owned by one process (it holds a file lock): write through one MilvusStore.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workers.config import MilvusConfig
+
+log = logging.getLogger(__name__)
+
+ID_MAX_BYTES = 512
+NAME_MAX_BYTES = 2048
+HASH_MAX_BYTES = 128
+OUTPUT_FIELDS = ["entity_id", "name", "has_image", "content_hash"]
+LITE_INDEXES_ALWAYS = {"FLAT", "AUTOINDEX"}
+LITE_INDEXES_FAISS = {"HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"}
+
+
+class DimensionMismatchError(ValueError):
+    """Vectors whose dimension differs from the collection's (e.g. a different model against an old index)."""
+
+
+@dataclass
+class Hit:
+    entity_id: str
+    score: float  # inner product <u_m, u_e> (metric IP)
+    name: str
+
+
+def is_lite(uri: str) -> bool:
+    """Milvus Lite is a local `.db` path; servers are http(s)/tcp URIs."""
+    return str(uri).endswith(".db") and "://" not in str(uri)
+
+
+def lite_index_types() -> set[str]:
+    """Index types this Milvus Lite build can really construct (faiss-backed ones need faiss-cpu)."""
+    try:
+        from milvus_lite.index.factory import is_faiss_available
+
+        faiss = is_faiss_available()
+    except ImportError:
+        faiss = False
+    return LITE_INDEXES_ALWAYS | (LITE_INDEXES_FAISS if faiss else set())
+
+
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` UTF-8 bytes without splitting a character."""
+    raw = (text or "").encode("utf-8")
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def versioned_name(alias: str, tag: str) -> str:
+    """`mel_entities` + `20250101T000000_ab12` -> `mel_entities_v20250101T000000_ab12` (Milvus-safe chars)."""
+    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in tag)
+    return f"{alias}_v{safe}"
+
+
+class MilvusStore:
+    """MilvusClient wrapper with the project's schema, alias swap and exact counts."""
+
+    def __init__(self, cfg: MilvusConfig, uri: str):
+        from pymilvus import MilvusClient
+
+        self.cfg = cfg
+        self.uri = str(uri)
+        self.alias = cfg.collection
+        if is_lite(self.uri):
+            Path(self.uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.uri = str(Path(self.uri).expanduser().resolve())
+        self.client = MilvusClient(uri=self.uri, token=cfg.token or "")
+        self._dims: dict[str, int] = {}
+        self._loaded: set[str] = set()
+
+    def _ready(self, name: str) -> str:
+        """The collection behind `name` (alias or collection), loaded for reading: a collection opened by a
+        new process starts released and refuses search/get/query until loaded."""
+        target = self.resolve(name)
+        if target not in self._loaded:
+            self.client.load_collection(target)
+            self._loaded.add(target)
+        return target
+
+    # -- collections ----------------------------------------------------------------------------------------
+    def index_spec(self) -> tuple[str, dict]:
+        """(index_type, params) to build: the configured one, or FLAT where Milvus Lite cannot build it."""
+        index_type = self.cfg.index_type.upper()
+        params = dict(self.cfg.index_params)
+        if is_lite(self.uri) and index_type not in lite_index_types():
+            log.warning("Milvus Lite cannot build %s here (supported: %s); using FLAT", index_type,
+                        sorted(lite_index_types()))
+            return "FLAT", {}
+        return index_type, params
+
+    def exists(self, name: str) -> bool:
+        return self.client.has_collection(name)
+
+    def dim(self, name: str) -> int:
+        if name not in self._dims:
+            fields = self.client.describe_collection(name)["fields"]
+            self._dims[name] = int(next(f["params"]["dim"] for f in fields if f["name"] == "vector"))
+        return self._dims[name]
+
+    def create(self, name: str, dim: int) -> None:
+        """Create `name` with dimension `dim`; an existing collection must have the same dimension."""
+        from pymilvus import DataType, MilvusClient
+
+        if self.exists(name):
+            self.check_dim(name, dim)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("entity_id", DataType.VARCHAR, max_length=ID_MAX_BYTES, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+        schema.add_field("name", DataType.VARCHAR, max_length=NAME_MAX_BYTES)
+        schema.add_field("has_image", DataType.BOOL)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=HASH_MAX_BYTES)
+        index_type, params = self.index_spec()
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=index_type, metric_type=self.cfg.metric, params=params)
+        self.client.create_collection(
+            name, schema=schema, index_params=index, consistency_level=self.cfg.consistency_level
+        )
+        self._dims[name] = int(dim)
+        log.info("created collection %s (dim %d, %s/%s)", name, dim, index_type, self.cfg.metric)
+
+    def check_dim(self, name: str, dim: int) -> None:
+        have = self.dim(name)
+        if have != int(dim):
+            raise DimensionMismatchError(
+                f"collection {name!r} stores {have}-d vectors but the model produces {dim}-d vectors; "
+                f"re-index in full mode (a new collection) instead of writing into this one"
+            )
+
+    def drop(self, name: str) -> None:
+        self.client.drop_collection(name)
+        self._dims.pop(name, None)
+        self._loaded.discard(name)
+
+    def list_versions(self) -> list[str]:
+        """Collections built for this alias, oldest first (names sort by their tag)."""
+        return sorted(c for c in self.client.list_collections() if c.startswith(f"{self.alias}_v"))
+
+    # -- rows -----------------------------------------------------------------------------------------------
+    def upsert(self, name: str, rows: list[dict]) -> int:
+        """Insert or replace rows keyed by entity_id; returns the number written. Bad rows raise naming the id."""
+        dim = self.dim(name)
+        clean = []
+        for row in rows:
+            eid = str(row["entity_id"])
+            if not eid or len(eid.encode("utf-8")) > ID_MAX_BYTES:
+                raise ValueError(f"entity_id {eid[:80]!r}: empty or longer than {ID_MAX_BYTES} bytes")
+            vector = np.asarray(row["vector"], dtype=np.float32).reshape(-1)
+            if vector.shape[0] != dim:
+                raise DimensionMismatchError(
+                    f"entity {eid!r}: vector has {vector.shape[0]} dims, collection {name!r} has {dim}"
+                )
+            if not np.isfinite(vector).all():
+                raise ValueError(f"entity {eid!r}: vector has NaN/inf values")
+            clean.append({
+                "entity_id": eid,
+                "vector": vector.tolist(),
+                "name": clip_utf8(str(row.get("name", "")), NAME_MAX_BYTES),
+                "has_image": bool(row.get("has_image", False)),
+                "content_hash": clip_utf8(str(row.get("content_hash", "")), HASH_MAX_BYTES),
+            })
+        step = max(1, self.cfg.insert_batch_size)
+        for start in range(0, len(clean), step):
+            self.client.upsert(name, clean[start : start + step])
+        return len(clean)
+
+    def flush(self, name: str) -> None:
+        """Persist what was upserted (Milvus seals segments; Lite writes its WAL to disk)."""
+        self.client.flush(name)
+
+    def delete(self, name: str, ids: list[str]) -> None:
+        if ids:
+            self.client.delete(name, ids=[str(i) for i in ids])
+
+    def count(self, name: str | None = None) -> int:
+        """Exact row count (count(*) with Strong consistency; deleted and replaced rows are not counted)."""
+        res = self.client.query(
+            self._ready(name or self.alias), filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(res[0]["count(*)"])
+
+    def get(self, ids: list[str], collection: str | None = None, with_vectors: bool = False) -> list[dict]:
+        """Rows for `ids`, in the order of `ids`; ids that are absent are skipped."""
+        if not ids:
+            return []
+        fields = OUTPUT_FIELDS + (["vector"] if with_vectors else [])
+        rows = self.client.get(self._ready(collection or self.alias), ids=[str(i) for i in ids], output_fields=fields)
+        by_id = {r["entity_id"]: dict(r) for r in rows}
+        return [by_id[str(i)] for i in ids if str(i) in by_id]
+
+    def content_hashes(self, name: str, ids: list[str]) -> dict[str, str]:
+        return {r["entity_id"]: r["content_hash"] for r in self.get(ids, collection=name)}
+
+    def search(self, vectors, top_k: int, filter: str = "", collection: str | None = None) -> list[list[Hit]]:
+        """Top-k entities by inner product for each query vector ([B, D])."""
+        data = np.asarray(vectors, dtype=np.float32)
+        if data.ndim == 1:
+            data = data[None, :]
+        target = self._ready(collection or self.alias)
+        self.check_dim(target, data.shape[1])
+        res = self.client.search(
+            target,
+            data=data.tolist(),
+            limit=int(top_k),
+            filter=filter,
+            output_fields=["name"],
+            search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
+            consistency_level=self.cfg.consistency_level,
+        )
+        return [[Hit(h["entity_id"], float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res]
+
+    # -- alias ----------------------------------------------------------------------------------------------
+    def current_collection(self) -> str | None:
+        """The collection the alias points at, or None before the first build."""
+        if self.alias not in self.client.list_aliases().get("aliases", []):
+            return None
+        return self.client.describe_alias(self.alias)["collection_name"]
+
+    def resolve(self, name: str) -> str:
+        """An alias name -> its collection; collection names pass through."""
+        if name == self.alias:
+            current = self.current_collection()
+            if current is None:
+                raise LookupError(f"alias {name!r} does not exist yet: run `mel index` first")
+            return current
+        return name
+
+    def swap_alias(self, collection: str, drop_old: bool = True) -> str | None:
+        """Point the alias at `collection` (create or alter), then drop the collection it pointed at before."""
+        old = self.current_collection()
+        if old == collection:
+            return None
+        if old is None:
+            self.client.create_alias(collection, self.alias)
+        else:
+            self.client.alter_alias(collection, self.alias)
+        log.info("alias %s -> %s (was %s)", self.alias, collection, old)
+        if old is not None and drop_old:
+            self.drop(old)
+        return old
+
+    def close(self, release_file: bool = False) -> None:
+        """Close the client; `release_file` also stops this process's Milvus Lite server and frees the file lock
+        (only when no other MilvusStore in this process still uses the same file)."""
+        self.client.close()
+        if release_file and is_lite(self.uri):
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
+            except ImportError:
+                pass
