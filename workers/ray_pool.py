@@ -81,6 +81,7 @@ class EncodingPool:
         self.actor_cls = ray.remote(
             num_cpus=encoder_cfg.num_cpus_per_actor,
             num_gpus=encoder_cfg.num_gpus_per_actor,
+            resources=dict(encoder_cfg.resources_per_actor) or None,  # e.g. {accelerator: 0.5} for a node type
             max_restarts=encoder_cfg.max_actor_restarts,
             max_task_retries=encoder_cfg.max_actor_restarts,
         )(EncoderWorker)
