@@ -1,0 +1,126 @@
+"""The two evaluation protocols: (a) exhaustive (paper) and (b) system (ANN top-K + exact rerank).
+
+(a) ranks each mention's gold entity among every KB entity with the full matcher (`score_shared`), chunk by
+chunk, so memory stays at [batch, entity_chunk] scores. (b) retrieves top-K by inner product from Milvus,
+then rescores the K candidates exactly (`score_candidates`, with features from the FeatureCache). Both use
+rank = 1 + #(entities scoring strictly above the gold), so (a) and (b) agree when K covers the KB
+(reference section 2: the rerank scores equal the exhaustive ones for the same pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cluster.eval_features import EntityFeatures, as_float, bare, encode_mention_batches
+from cluster.train_data import BatchBuilder
+
+
+@dataclass
+class RankResult:
+    """Per-mention outcome of one protocol, row-aligned with the mention rows."""
+
+    ranks: torch.Tensor  # [M] long, 1 = gold ranked first; K+1 when (b) did not retrieve the gold
+    gold_scores: torch.Tensor  # [M] the gold entity's matcher score (NaN when not retrieved)
+    top_ids: list[str] = field(default_factory=list)  # [M] the best-scoring entity
+    retrieved: torch.Tensor | None = None  # [M] bool, (b) only: gold among the K retrieved
+    top_scores: torch.Tensor | None = None  # [M] the best matcher score
+
+
+def exhaustive_ranks(
+    model, builder: BatchBuilder, rows: list[dict], entities: EntityFeatures, batch_size: int, entity_chunk: int,
+    use_dme: bool = True, label: str = "",
+) -> RankResult:
+    """Protocol (a): every mention against every entity, never more than [B, entity_chunk] scores at once.
+
+    NIL rows (no gold in the KB) get rank 0 and NaN gold score but still a top entity and top score, which
+    the NIL threshold calibration needs.
+    """
+    net = bare(model)
+    position = entities.index_of()
+    gold = torch.tensor([position.get(r.get("gold_entity_id") or "", -1) for r in rows], dtype=torch.long)  # [M]
+    n = len(entities.ids)
+    ranks, gold_scores, top_ids, top_scores = [], [], [], []
+
+    def score(feats, index: torch.Tensor) -> torch.Tensor:
+        vectors, cache = entities.rows(index)
+        return net.score_shared(feats, vectors, cache).scores.float()  # [B, len(index)]
+
+    with torch.no_grad():
+        for start, feats, _ in encode_mention_batches(model, builder, rows, batch_size, use_dme, label):
+            g = gold[start : start + batch_size]  # [B]
+            linked = g >= 0
+            g_score = torch.full((len(g),), float("nan"))
+            if linked.any():  # gold scores from one call on the gold columns (as mmoe.metrics.exhaustive_ranks)
+                unique, inverse = torch.unique(g.clamp(min=0), return_inverse=True)
+                g_score[linked] = score(feats, unique).gather(1, inverse[:, None])[:, 0][linked]
+            greater = torch.zeros(len(g), dtype=torch.long)
+            best = torch.full((len(g),), float("-inf"))
+            best_index = torch.zeros(len(g), dtype=torch.long)
+            for lo in range(0, n, entity_chunk):
+                index = torch.arange(lo, min(lo + entity_chunk, n))  # [C]
+                chunk = score(feats, index)  # [B,C]
+                # the gold column itself is skipped so that float noise between calls cannot move a rank
+                greater += ((chunk > g_score[:, None]) & (index[None, :] != g[:, None])).sum(dim=1)
+                value, arg = chunk.max(dim=1)
+                better = value > best
+                best, best_index = torch.where(better, value, best), torch.where(better, index[arg], best_index)
+            ranks.append(torch.where(linked, greater + 1, torch.zeros_like(greater)))
+            gold_scores.append(g_score)
+            top_scores.append(best)
+            top_ids += [entities.ids[i] for i in best_index.tolist()]
+    if not rows:
+        return RankResult(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], top_scores=torch.zeros(0))
+    return RankResult(torch.cat(ranks), torch.cat(gold_scores), top_ids, top_scores=torch.cat(top_scores))
+
+
+def system_ranks(
+    model, builder: BatchBuilder, rows: list[dict], store, collection: str, feature_cache, retrieve_k: int,
+    batch_size: int, use_dme: bool = True, label: str = "",
+) -> RankResult:
+    """Protocol (b): Milvus top-K by <u_m, u_e>, then the exact matcher on the K candidates."""
+    net = bare(model)
+    ranks, gold_scores, top_ids, retrieved, top_scores = [], [], [], [], []
+    with torch.no_grad():
+        for start, feats, vectors in encode_mention_batches(model, builder, rows, batch_size, use_dme, label):
+            batch = rows[start : start + batch_size]
+            hits = store.search(vectors.numpy(), top_k=retrieve_k, collection=collection)
+            k = min(len(h) for h in hits)
+            cand_ids = [[h.entity_id for h in q[:k]] for q in hits]  # [B][K]
+            flat = feature_cache.load([eid for q in cand_ids for eid in q])
+            cand_vectors = flat.pop("vector").float().reshape(len(batch), k, -1)  # [B,K,D]
+            cand_cache = {n: as_float(t).reshape(len(batch), k, *t.shape[1:]) for n, t in flat.items()}
+            scores = net.score_candidates(feats, cand_vectors, cand_cache).scores.float()  # [B,K]
+            for i, row in enumerate(batch):
+                top_ids.append(cand_ids[i][int(scores[i].argmax())])
+                top_scores.append(float(scores[i].max()))
+                if row["gold_entity_id"] in cand_ids[i]:
+                    g_score = scores[i, cand_ids[i].index(row["gold_entity_id"])]
+                    ranks.append(1 + int((scores[i] > g_score).sum()))
+                    gold_scores.append(float(g_score))
+                    retrieved.append(True)
+                else:
+                    ranks.append(k + 1)
+                    gold_scores.append(float("nan"))
+                    retrieved.append(False)
+    return RankResult(
+        torch.tensor(ranks, dtype=torch.long).reshape(-1), torch.tensor(gold_scores), top_ids, torch.tensor(retrieved),
+        torch.tensor(top_scores),
+    )
+
+
+def metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """Hits@k, MRR (fractions) and mean rank of 1-based ranks."""
+    from mmoe.metrics import hits_and_mrr
+
+    return {k: float(v) for k, v in hits_and_mrr(ranks, ks).items()}
+
+
+def exhaustive_metrics(model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg) -> dict:
+    """Protocol (a) end to end on a model in memory (the training loop's dev evaluation)."""
+    from cluster.eval_features import encode_entities
+
+    entities = encode_entities(model, builder, entity_rows, eval_cfg.batch_size)
+    result = exhaustive_ranks(model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk)
+    return metrics_of(result.ranks[result.ranks > 0], eval_cfg.ks)

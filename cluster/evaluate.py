@@ -1,0 +1,137 @@
+"""`mel eval`: Hits@1/3/5/10/20, MRR and mean rank of a checkpoint on a split, under both protocols.
+
+(a) exhaustive: every KB entity scored with the full matcher (the paper's protocol); (b) system: Milvus top-K
+then exact rerank, plus retrieval recall@K. With a DME cache, both again with DME off (reference section 3:
+always report DME on and off). NIL mentions are skipped and counted. A NIL threshold is calibrated on dev and
+written beside the model. Reports go to `<root>/runs/<run>/reports/`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.eval_protocols import exhaustive_ranks, metrics_of, system_ranks
+
+
+@dataclass
+class EvalReport:
+    split: str
+    checkpoint: str  # the evaluated model folder (URI)
+    entities: int
+    mentions: int  # linked mentions evaluated
+    nil_skipped: int
+    retrieve_k: int
+    tables: dict[str, dict] = field(default_factory=dict)  # setting -> hits@k, mrr, mean_rank, count
+    recall_at_k: dict[str, float] = field(default_factory=dict)  # setting -> gold among the K retrieved
+    calibration: dict = field(default_factory=dict)
+    report_uris: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        """setting ("exhaustive", "system", ... "(DME off)") -> hits@k, mrr, mean_rank, count."""
+        return self.tables
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    def summary(self) -> str:
+        from cluster.reports import markdown_table
+
+        recall = ", ".join(f"{k} {v:.4f}" for k, v in self.recall_at_k.items())
+        return "\n".join([
+            f"{self.split}: {self.mentions} mentions ({self.nil_skipped} NIL skipped), {self.entities} entities, "
+            f"checkpoint {self.checkpoint} ({self.wall_s:.1f}s)",
+            markdown_table(self.tables),
+            f"retrieval recall@{self.retrieve_k}: {recall}",
+            f"NIL threshold: {self.calibration.get('nil_threshold')} ({self.calibration.get('method')})",
+            f"reports: {', '.join(self.report_uris)}",
+        ])
+
+
+def checkpoint_uri(cfg, storage, checkpoint: str) -> str:
+    """The model to evaluate: the given one, else the run's best, else the untrained `models/init`."""
+    if checkpoint:
+        return checkpoint
+    best = storage.join("runs", cfg.train.run_name, "best")
+    return best if storage.exists(f"{best}/config.json") else storage.join("models", "init")
+
+
+def calibrate(model, builder, cfg, storage, entities) -> dict:
+    """NIL threshold from dev: top scores of linked and NIL mentions, gold scores (exhaustive protocol)."""
+    from cluster.calibration import nil_threshold
+    from cluster.train_data import linked_mentions, read_dme
+    from kb_builder.shards import read_mentions
+
+    dme = read_dme(storage, cfg.kb.name)
+    linked, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
+    linked_ids = set(linked["mention_id"].to_list())
+    nil = [dict(r, desc=dme.get(r["mention_id"], "")) for r in read_mentions(storage, cfg.kb.name, "dev").to_dicts()
+           if r["mention_id"] not in linked_ids]
+    ev = cfg.eval
+    on_linked = exhaustive_ranks(model, builder, linked.to_dicts(), entities, ev.batch_size, ev.entity_chunk)
+    on_nil = exhaustive_ranks(model, builder, nil, entities, ev.batch_size, ev.entity_chunk)
+    return nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
+
+
+def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
+    """Both protocols (DME on/off) on `split` for the local model folder `model_dir`; a plain dict."""
+    from cluster.calibration import write_calibration
+    from cluster.eval_features import encode_entities
+    from cluster.eval_index import ensure_eval_index
+    from cluster.train_data import BatchBuilder, entity_rows, linked_mentions, read_dme
+    from kb_builder.storage import Storage
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    start, ev = time.monotonic(), cfg.eval
+    storage = Storage(cfg.storage)
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    dme = read_dme(storage, cfg.kb.name)
+    rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
+    rows = rows_frame.to_dicts()
+    entities = encode_entities(model, builder, entity_rows(storage, cfg.kb.name), ev.batch_size, "eval entities")
+    store, collection, cache = ensure_eval_index(cfg, storage, model_dir, entities)
+    settings = [("", True)] + ([(" (DME off)", False)] if dme and ev.dme_ablation else [])
+    tables, recall = {}, {}
+    try:
+        for suffix, use_dme in settings:
+            a = exhaustive_ranks(model, builder, rows, entities, ev.batch_size, ev.entity_chunk, use_dme,
+                                 f"eval {split} exhaustive{suffix}")
+            b = system_ranks(model, builder, rows, store, collection, cache, ev.retrieve_k, ev.batch_size, use_dme,
+                             f"eval {split} system{suffix}")
+            tables[f"exhaustive{suffix}"] = metrics_of(a.ranks, ev.ks)
+            tables[f"system{suffix}"] = metrics_of(b.ranks, ev.ks)
+            recall[f"system{suffix}"] = float(b.retrieved.float().mean()) if len(rows) else 0.0
+    finally:
+        store.close(release_file=True)
+    calibration = calibrate(model, builder, cfg, storage, entities)
+    write_calibration(storage, Path(model_dir), checkpoint, calibration)
+    return {
+        "split": split, "checkpoint": checkpoint or str(model_dir), "entities": len(entities.ids),
+        "mentions": len(rows), "nil_skipped": nil_skipped, "retrieve_k": ev.retrieve_k, "tables": tables,
+        "recall_at_k": recall, "calibration": calibration, "wall_s": time.monotonic() - start,
+    }
+
+
+def run_eval(cfg, checkpoint: str = "", split: str = "test") -> EvalReport:
+    """`mel eval`: evaluate, write metrics.json / metrics.md next to the run's checkpoints, return the report."""
+    from cluster.reports import write_eval_reports
+    from cluster.train import ensure_kb
+    from kb_builder.storage import Storage
+    from workers.model_store import resolve_model_dir
+
+    storage = Storage(cfg.storage)
+    ensure_kb(cfg, storage)
+    uri = checkpoint_uri(cfg, storage, checkpoint)
+    init = uri == storage.join("models", "init")  # built on first need, like every other stage does
+    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint="" if init else uri)
+    report = EvalReport(**evaluate(cfg, model_dir, split=split, checkpoint=uri))
+    flat = {**report.to_dict(), "nil_threshold": report.calibration.get("nil_threshold")}
+    report.report_uris = write_eval_reports(
+        storage, storage.join("runs", cfg.train.run_name), flat, report.tables, split
+    )
+    return report

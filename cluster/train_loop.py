@@ -1,0 +1,198 @@
+"""The per-worker training loop that Ray Train's TorchTrainer runs on every worker (DDP over gloo or nccl).
+
+Each worker reads its shard of the train mentions (Ray Data), scores each mention against the batch's gold
+entities (+ optional index-mined hard negatives) and minimises the MMoE loss (reference section 1: losses,
+training). Rank 0 evaluates on dev at epoch ends, writes checkpoints and prints progress; every worker takes
+part in `ray.train.report`, so a restarted worker group resumes at the same step from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from cluster.train_checkpoint import restore_checkpoint, save_checkpoint
+from cluster.train_data import BatchBuilder, gold_entity_row
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def epoch_batches(shard, rows_per_worker: int, batch_size: int, seed: int, epoch: int) -> list[list[dict]]:
+    """This worker's rows for one epoch, in a seeded order, cut into batches (every worker: the same count)."""
+    rows = []
+    for block in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
+        rows += block.to_pylist()
+    if len(rows) < rows_per_worker:
+        raise RuntimeError(f"this worker got {len(rows)} rows, fewer than the {rows_per_worker} planned")
+    rows = sorted(rows, key=lambda r: r["mention_id"])[:rows_per_worker]
+    random.Random(seed * 1000 + epoch).shuffle(rows)
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def entity_side(batch: list[dict], entity_lookup: dict | None, hard_negatives: int) -> tuple[list[dict], list[str]]:
+    """The batch's gold entities (row i = mention i's gold) followed by its hard negatives."""
+    rows = [gold_entity_row(r) for r in batch]
+    if hard_negatives > 0 and entity_lookup:
+        for r in batch:
+            rows += [entity_lookup[eid] for eid in (r.get("hard_negative_ids") or [])[:hard_negatives]]
+    return rows, [r["entity_id"] for r in rows]
+
+
+def same_entity_mask(gold_ids: list[str], entity_ids: list[str]) -> torch.Tensor:
+    """[B,N] True where entity j is mention i's gold entity but not its label column (a false negative)."""
+    mask = torch.tensor([[g == e for e in entity_ids] for g in gold_ids], dtype=torch.bool)
+    mask[torch.arange(len(gold_ids)), torch.arange(len(gold_ids))] = False
+    return mask
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def maybe_inject_failure(config: dict, rank: int, world: int, step: int) -> None:
+    """Test hook (fault-tolerance test): the last rank raises once at `fail_at_step`, marked by a file."""
+    at, marker = config.get("fail_at_step"), config.get("fail_marker")
+    if at is None or not marker or rank != world - 1 or step != at or Path(marker).exists():
+        return
+    Path(marker).write_text(f"failed at step {step}\n")
+    raise RuntimeError(f"injected worker failure at step {step} (rank {rank})")
+
+
+class Trainer:
+    """One worker's model, optimiser and loop state; `run()` trains to the end or to early stopping."""
+
+    def __init__(self, config: dict):
+        import ray.train
+        import ray.train.torch
+
+        from cluster.train_optim import build_optimizer, build_scheduler, seed_everything
+        from mmoe.pretrained import load_pretrained
+        from workers.images import ImageLoader
+
+        self.config, self.cfg = config, config["cfg"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        seed_everything(self.cfg.train.seed)  # same seed everywhere: DDP replicas start identical
+        self.device = ray.train.torch.get_device()
+        model, self.processor = load_pretrained(config["model_dir"])
+        model.train()  # load_pretrained returns eval mode
+        self.model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True}  # unrouted experts get no grad
+        )
+        self.builder = BatchBuilder(self.processor, ImageLoader(self.cfg.encoder, self.cfg.storage, []))
+        self.optimizer = build_optimizer(self.model, self.cfg.train)
+        self.steps_per_epoch = math.ceil(config["rows_per_worker"] / self.cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.train, self.total_steps)
+        self.state = restore_checkpoint(ray.train.get_checkpoint(), self.model, self.optimizer, self.scheduler)
+        self.shard = ray.train.get_dataset_shard("train")
+        self.entity_lookup = config["entity_lookup"] if self.cfg.train.hard_negatives > 0 else None
+        use_bf16 = self.device.type == "cuda" and self.cfg.train.mixed_precision
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        )
+
+    def step(self, batch: list[dict]) -> float:
+        """One optimiser step on one batch; returns the loss."""
+        from mmoe.losses import mmoe_loss
+
+        entity_rows, entity_ids = entity_side(batch, self.entity_lookup, self.cfg.train.hard_negatives)
+        gold_ids = [r["gold_entity_id"] for r in batch]
+        mentions = to_device(self.builder.mentions(batch), self.device)
+        entities = to_device(self.builder.entities(entity_rows), self.device)
+        labels = torch.arange(len(batch), device=self.device)  # mention i's gold is entity column i
+        mask = same_entity_mask(gold_ids, entity_ids).to(self.device)
+        with self.autocast():
+            output = self.model(mentions, entities)
+            loss, _parts = mmoe_loss(output, labels, self.cfg.mmoe, same_entity_mask=mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def report(self, metrics: dict, with_checkpoint: bool) -> None:
+        """Every worker reports; rank 0 attaches the checkpoint (Ray Train keeps best dev MRR + latest)."""
+        import ray.train
+
+        metrics = {"step": self.state.step, "epoch": self.state.epoch, "dev_mrr": -1.0, **metrics}
+        if not (with_checkpoint and self.rank == 0):
+            ray.train.report(metrics, checkpoint=None)
+            return
+        tmp = save_checkpoint(self.model, self.processor, self.optimizer, self.scheduler, self.state)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp.name))
+        finally:
+            tmp.cleanup()
+
+    def evaluate_dev(self, epoch: int) -> float:
+        """Exhaustive dev metrics on rank 0, its MRR shared with every worker (early stopping decides alike)."""
+        from cluster.eval_protocols import exhaustive_metrics
+
+        mrr = torch.tensor([-1.0])
+        if self.rank == 0 and self.config["dev_rows"]:
+            metrics = exhaustive_metrics(
+                self.model, self.builder, self.config["dev_rows"], self.config["entity_rows"], self.cfg.eval
+            )
+            self.state.dev.append({"epoch": epoch + 1, "step": self.state.step, **metrics})
+            mrr[0] = metrics["mrr"]
+            print(f"[train] dev epoch {epoch + 1}: hits@1 {metrics.get('hits@1', 0):.3f} mrr {metrics['mrr']:.3f}")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(mrr, src=0)
+        return float(mrr[0])
+
+    def early_stop(self, mrr: float) -> bool:
+        if mrr > self.state.best_mrr:
+            self.state.best_mrr, self.state.best_step, self.state.bad_evals = mrr, self.state.step, 0
+            return False
+        self.state.bad_evals += 1
+        return self.state.bad_evals >= self.cfg.train.early_stop_patience
+
+    def run(self) -> dict:
+        tc = self.cfg.train
+        start, done_at_start = time.monotonic(), self.state.step
+        log_every = max(1, self.total_steps // 20)
+        for epoch in range(self.state.epoch, tc.epochs):
+            batches = epoch_batches(self.shard, self.config["rows_per_worker"], tc.batch_size, tc.seed, epoch)
+            skip = self.state.step - epoch * self.steps_per_epoch  # resumed mid-epoch: batches already done
+            for batch in batches[skip:]:
+                loss = self.step(batch)
+                self.state.step += 1
+                self.state.losses.append([self.state.step, loss])
+                maybe_inject_failure(self.config, self.rank, self.world, self.state.step)
+                if self.rank == 0 and (self.state.step % log_every == 0 or self.state.step == self.total_steps):
+                    elapsed = time.monotonic() - start
+                    per_step = elapsed / max(1, self.state.step - done_at_start)
+                    rate = len(batch) * self.world / per_step
+                    print(f"[train] epoch {epoch + 1}/{tc.epochs} step {self.state.step}/{self.total_steps} "
+                          f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s "
+                          f"ETA {_fmt_s(per_step * (self.total_steps - self.state.step))}")
+                mid_epoch = self.state.step % self.steps_per_epoch != 0
+                if mid_epoch and tc.checkpoint_every_steps and self.state.step % tc.checkpoint_every_steps == 0:
+                    self.report({"loss": loss}, with_checkpoint=True)
+            self.state.epoch = epoch + 1
+            metrics = {"loss": self.state.losses[-1][1] if self.state.losses else float("nan")}
+            if tc.eval_every_epochs and (epoch + 1) % tc.eval_every_epochs == 0:
+                metrics["dev_mrr"] = self.evaluate_dev(epoch)
+                self.state.stopped_early = self.early_stop(metrics["dev_mrr"])
+            self.report(metrics, with_checkpoint=True)
+            if self.state.stopped_early:
+                break
+        return {"state": self.state.__dict__, "wall_s": time.monotonic() - start, "pid": os.getpid()}
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Entry point Ray Train calls on each worker."""
+    torch.set_num_threads(max(1, int(config["cfg"].train.cpus_per_worker)))
+    return Trainer(config).run()

@@ -1,0 +1,92 @@
+"""Evaluation protocols on the untrained tiny model (no training needed): (a) exhaustive and (b) Milvus top-K +
+exact rerank give identical ranks when K covers the KB; a small K only loses mentions whose gold it missed;
+DME on/off both reported when a DME cache exists; NIL threshold calibration."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import torch
+
+
+@pytest.fixture
+def kb(mel_config):
+    from kb_builder.build import build_kb
+    from kb_builder.storage import Storage
+    from workers.model_store import resolve_model_dir
+
+    build_kb(mel_config.kb, mel_config.storage, progress=False)
+    model_dir = resolve_model_dir(mel_config.storage, mel_config.kb, mel_config.encoder, mel_config.mmoe)
+    return mel_config, Storage(mel_config.storage), model_dir
+
+
+def test_exhaustive_and_system_ranks_are_identical_when_k_covers_the_kb(kb):
+    from cluster.eval_features import encode_entities
+    from cluster.eval_index import ensure_eval_index
+    from cluster.eval_protocols import exhaustive_ranks, system_ranks
+    from cluster.train_data import BatchBuilder, entity_rows, linked_mentions
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    cfg, storage, model_dir = kb
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    rows = linked_mentions(storage, cfg.kb.name, "test")[0].to_dicts()
+    entities = encode_entities(model, builder, entity_rows(storage, cfg.kb.name), 32)
+    store, collection, cache = ensure_eval_index(cfg, storage, model_dir, entities)
+    try:
+        a = exhaustive_ranks(model, builder, rows, entities, batch_size=16, entity_chunk=50)  # 3 chunks
+        full = system_ranks(model, builder, rows, store, collection, cache, len(entities.ids), 16)
+        small = system_ranks(model, builder, rows, store, collection, cache, 5, 16)
+    finally:
+        store.close(release_file=True)
+    assert torch.equal(a.ranks, full.ranks) and bool(full.retrieved.all())
+    assert a.top_ids == full.top_ids
+    # K=5: retrieved golds keep a rank <= their exhaustive one among the 5; the others count as missed (K+1)
+    assert bool((small.ranks[small.retrieved] <= 5).all())
+    assert bool((small.ranks[~small.retrieved] == 6).all())
+    assert (small.ranks == 1).sum() <= (a.ranks == 1).sum() + int((~small.retrieved).sum())
+
+
+def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
+    from cluster.evaluate import run_eval
+    from cluster.train_data import dme_uri, linked_mentions
+
+    cfg, storage, model_dir = kb
+    mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
+    desc = mentions["entity_description"].fill_null("")  # an oracle DME: the gold description
+    frame = pl.DataFrame({"mention_id": mentions["mention_id"], "desc": desc})
+    storage.write_bytes(dme_uri(storage, cfg.kb.name), _parquet_bytes(frame))
+    cfg.eval.retrieve_k = 10
+    report = run_eval(cfg, split="test")
+    assert set(report.tables) == {"exhaustive", "system", "exhaustive (DME off)", "system (DME off)"}
+    assert report.mentions + report.nil_skipped == 60  # the 120/400 sample KB has 60 test mentions
+    for name, metrics in report.tables.items():
+        assert metrics["count"] == report.mentions, name
+        assert 0.0 <= metrics["hits@1"] <= metrics["hits@3"] <= metrics["hits@20"] <= 1.0
+    assert 0.0 < report.recall_at_k["system"] <= 1.0
+    calibration = json.loads((model_dir / "calibration.json").read_text())
+    assert isinstance(calibration["nil_threshold"], float)
+    assert "DME off" in report.summary()
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
+
+
+def test_nil_threshold_maximises_link_vs_nil_accuracy():
+    from cluster.calibration import nil_threshold
+
+    linked_top = torch.tensor([5.0, 6.0, 7.0, 2.5])
+    gold = torch.tensor([5.0, 6.0, float("nan"), 2.5])
+    nil_top = torch.tensor([1.0, 2.0, 3.0, 3.5])
+    out = nil_threshold(linked_top, gold, nil_top)  # t=5: 3 of 4 linked kept, all 4 NIL caught
+    assert out["nil_threshold"] == 5.0 and out["accuracy"] == pytest.approx(7 / 8)
+    no_nil = nil_threshold(linked_top, gold, torch.zeros(0))
+    assert no_nil["nil_threshold"] == pytest.approx(float(torch.quantile(torch.tensor([5.0, 6.0, 2.5]), 0.05)))
