@@ -68,6 +68,9 @@ def checkpoint_storage(cfg, run_uri: str):
         region=cfg.storage.s3_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
         scheme=endpoint.split("://", 1)[0] if endpoint else "https",
+        # Small objects (Ray Train's marker files) go up in one PUT, not as a multipart upload that some
+        # S3-compatible servers (moto) answer in a form pyarrow rejects.
+        allow_delayed_open=True,
     )
     bucket, key = split_s3(run_uri)
     return f"{bucket}/{key}", fs
@@ -124,7 +127,7 @@ def build_trainer(cfg, model_dir: Path, data: dict, storage_path: str, filesyste
     tc = cfg.train
     ray.data.DataContext.get_current().enable_progress_bars = False
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
-    resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {}), **tc.resources_per_worker}
     entity_lookup = {r["entity_id"]: r for r in data["entity_rows"]} if tc.hard_negatives > 0 else None
     loop_config = {
         "cfg": cfg,

@@ -1,0 +1,35 @@
+"""The quickstart path end to end: real local Ray, real Milvus Lite, Ray Train, real HTTP to Ray Serve."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_quickstart_end_to_end(mel_config, ray_session):
+    from cluster.quickstart import run_quickstart
+
+    cfg = mel_config
+    result = run_quickstart(cfg, n_demo=8)
+
+    # every entity of the built KB is in Milvus, exactly once
+    assert result.entities == cfg.kb.sample_entities
+    assert result.indexed == result.entities
+
+    # metrics are present, in range, and training helped
+    for metrics in (result.untrained, result.trained):
+        for protocol in ("exhaustive", "system"):
+            m = metrics[protocol]
+            for key in ("hits@1", "hits@3", "hits@5", "hits@10", "hits@20", "mrr"):
+                assert 0.0 <= m[key] <= 1.0, (protocol, key, m[key])
+            assert m["hits@1"] <= m["hits@5"] <= m["hits@20"]
+    assert result.trained["exhaustive"]["hits@1"] > result.untrained["exhaustive"]["hits@1"] + 0.1
+
+    # mentions were linked over HTTP, and unambiguous ones go to their gold entity
+    assert len(result.answers) == 8
+    assert all(a["candidates"] and a["candidates"][0]["rank"] == 1 for a in result.answers)
+    unambiguous = [a for a in result.answers if not a["ambiguous"]]
+    assert len(unambiguous) == 4
+    assert sum(a["correct"] for a in unambiguous) >= 3
+    assert sum(a["correct"] for a in result.answers) >= 6
