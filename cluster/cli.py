@@ -102,7 +102,17 @@ def _bench_paper(args):
     cfg = _config(args)
     from cluster.bench_paper import run_bench_paper
 
-    print(run_bench_paper(cfg, preset=args.preset))
+    print(
+        run_bench_paper(
+            cfg,
+            preset=args.preset,
+            overrides=args.set,
+            config_path=args.config,
+            overlays=args.overlay_files,
+            train_fraction=args.train_fraction,
+            strict=args.strict,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--preset", dest="preset", default="wikimel", choices=["wikimel", "richpediamel", "wikidiverse"]
     )
+    bench.add_argument("--train-fraction", type=float, default=None, help="low-resource run: 0.1 or 0.2")
+    bench.add_argument("--strict", action="store_true", help="stop when `mel kb check` finds a leak")
     bench.set_defaults(func=_bench_paper)
     return parser
 

@@ -89,7 +89,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     start, ev = time.monotonic(), cfg.eval
     storage = Storage(cfg.storage)
     model, processor = load_pretrained(model_dir)
-    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    builder = BatchBuilder(processor, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
     dme = read_dme(storage, cfg.kb.name)
     rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     rows = rows_frame.to_dicts()

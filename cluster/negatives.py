@@ -32,7 +32,7 @@ def mine_hard_negatives(cfg, storage, model_dir: Path, train: pl.DataFrame, enti
 
     tc, batch_size = cfg.train, cfg.eval.batch_size
     model, processor = load_pretrained(model_dir)
-    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    builder = BatchBuilder(processor, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
     entities = encode_entities(model, builder, entity_rows, batch_size)
     store, collection, _ = ensure_eval_index(cfg, storage, model_dir, entities)
     rows = train.to_dicts()

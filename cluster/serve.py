@@ -136,7 +136,7 @@ class LinkIngress:
         self.cfg = cfg
         self.encoder, self.retriever, self.reranker = encoder, retriever, reranker
         self.threshold = nil_threshold(cfg.serve, model_dir)
-        self.loader = ImageLoader(cfg.encoder, cfg.storage, allowed_roots=[])
+        self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
 
     def __serve_build_asgi_app__(self):
         from cluster.api import create_app

@@ -88,7 +88,7 @@ class Trainer:
         self.model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": True}  # unrouted experts get no grad
         )
-        self.builder = BatchBuilder(self.processor, ImageLoader(self.cfg.encoder, self.cfg.storage, []))
+        self.builder = BatchBuilder(self.processor, ImageLoader.for_kb(self.cfg.encoder, self.cfg.storage, self.cfg.kb))
         self.optimizer = build_optimizer(self.model, self.cfg.train)
         self.steps_per_epoch = math.ceil(config["rows_per_worker"] / self.cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * self.cfg.train.epochs

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from kb_builder.config import StorageConfig
+from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.storage import Storage, is_s3
 from workers.config import EncoderConfig
 
@@ -32,6 +32,11 @@ class ImageLoader:
             roots.append(storage_cfg.root)  # images of the sample KB live under <root>/sample_src/
         self.allowed_roots = sorted({Path(r).expanduser().resolve() for r in roots if r and not is_s3(r)})
         self._http = None
+
+    @classmethod
+    def for_kb(cls, encoder_cfg: EncoderConfig, storage_cfg: StorageConfig, kb_cfg: KBConfig) -> ImageLoader:
+        """The loader every stage uses: the storage root, the KB's local input folders and the configured roots."""
+        return cls(encoder_cfg, storage_cfg, kb_image_roots(kb_cfg))
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -133,3 +138,16 @@ def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image
         if err:
             errors.append(err)
     return images, errors
+
+
+def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
+    """Folders of the local KB inputs (relative image paths resolve against them); s3:// inputs need none."""
+    roots = []
+    for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
+        if is_s3(uri):
+            continue
+        path = Path(uri).expanduser()
+        while any(ch in str(path) for ch in "*?["):
+            path = path.parent
+        roots.append(str(path if path.is_dir() else path.parent))
+    return roots

@@ -19,10 +19,11 @@ import numpy as np
 
 from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
-from kb_builder.storage import Storage, is_s3
+from kb_builder.storage import Storage
 from workers.config import EncoderConfig, MilvusConfig
 from workers.encoder import EncodedEntities, concat_encoded
 from workers.feature_cache import FeatureCache
+from workers.images import kb_image_roots
 from workers.milvus_store import ID_MAX_BYTES, MilvusStore, versioned_name
 from workers.model_store import model_fingerprint
 from workers.progress import Progress
@@ -99,16 +100,8 @@ def retrieval_dim(model_dir: Path) -> int:
 
 
 def allowed_image_roots(storage: Storage, kb_cfg: KBConfig) -> list[str]:
-    """Folders of the local KB inputs (images are resolved against them); the storage root is added by the loader."""
-    roots = []
-    for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
-        if is_s3(uri):
-            continue
-        path = Path(uri).expanduser()
-        while any(ch in str(path) for ch in "*?["):
-            path = path.parent
-        roots.append(str(path if path.is_dir() else path.parent))
-    return roots
+    """Folders of the local KB inputs; the storage root is added by the loader (see ImageLoader.for_kb)."""
+    return kb_image_roots(kb_cfg)
 
 
 def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities) -> None:

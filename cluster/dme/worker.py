@@ -40,7 +40,7 @@ class DMEWorker:
             model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint="")
             from workers.images import ImageLoader
 
-            loader = ImageLoader(cfg.encoder, cfg.storage, allowed_roots=[])
+            loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
             self.encoder = EntityEncoder(model_dir, cfg.encoder, loader=loader)
             self.selector = make_selector(cfg.dme, *_model_and_processor(self.encoder, model_dir))
             if milvus_uri and cfg.dme.candidates_top_n > 0:
