@@ -121,6 +121,12 @@ def exhaustive_metrics(model, builder: BatchBuilder, rows: list[dict], entity_ro
     """Protocol (a) end to end on a model in memory (the training loop's dev evaluation)."""
     from cluster.eval_features import encode_entities
 
+    if getattr(getattr(model, "module", model), "reference_gate", False):
+        # The official gate's features depend on the batch: score the paper's tiles instead of cached features.
+        from cluster.paper_protocol import reference_exhaustive_metrics
+
+        return reference_exhaustive_metrics(getattr(model, "module", model), builder, rows, entity_rows, eval_cfg)
+
     entities = encode_entities(model, builder, entity_rows, eval_cfg.batch_size)
     result = exhaustive_ranks(model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk)
     return metrics_of(result.ranks[result.ranks > 0], eval_cfg.ks)
