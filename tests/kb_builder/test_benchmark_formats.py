@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ from kb_builder.config import KBConfig
 from kb_builder.shards import read_entities, read_mentions
 from kb_builder.storage import Storage
 
-WIKIMEL = Path("/work/shared/data/melbench/Wikidata-MEL.json")
+# shared/ lies beside the checkout (as in CI); MEL_SHARED_DIR points elsewhere.
+SHARED = Path(os.environ.get("MEL_SHARED_DIR", Path(__file__).resolve().parents[2].parent / "shared"))
+WIKIMEL = SHARED / "data" / "melbench" / "Wikidata-MEL.json"
 
 
-@pytest.mark.skipif(not WIKIMEL.exists(), reason="MELBench data not present")
+@pytest.mark.skipif(not WIKIMEL.exists(), reason=f"MELBench data not found at {WIKIMEL} (set MEL_SHARED_DIR)")
 def test_melbench_wikimel_counts(local_storage):
     kb = KBConfig(name="wikimel", sample=False, entity_inputs=[str(WIKIMEL)])  # format auto-detected
     report = build_kb(kb, local_storage, progress=False)
