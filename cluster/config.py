@@ -105,6 +105,7 @@ class ServeConfig:
     max_batch_mentions: int = 64
     max_body_bytes: int = 8_000_000
     checkpoint: str = ""  # model folder to serve; "" = the training run's best
+    access_log: bool = True  # one log line per deployment call (the quickstart turns it off)
 
 
 @dataclass

@@ -158,6 +158,7 @@ def _serve_and_link(cfg, model_dir: str, n_demo: int) -> list[dict]:
     from cluster.serve import start_serve
 
     cfg.serve.checkpoint = model_dir
+    cfg.serve.access_log = False  # keep the demo's answers readable
     url = start_serve(cfg)
     try:
         print(f"serving at {url} (OpenAPI at {url}/docs)")

@@ -280,7 +280,10 @@ def start_serve(cfg: MELConfig) -> str:
     init_ray(cfg.ray)
     cfg = _local_lite_server(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    from ray.serve.schema import LoggingConfig
+
+    logging_config = LoggingConfig(enable_access_log=cfg.serve.access_log)
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=logging_config)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
