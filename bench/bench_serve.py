@@ -43,7 +43,7 @@ def prepare(cfg) -> tuple[list[dict], str]:
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage
-    from tests.cluster.conftest import index_collection, swap_alias
+    from tests.cluster.serving.helpers import index_collection, swap_alias
 
     build_kb(cfg.kb, cfg.storage, progress=False)
     model_dir = serving_model_dir(cfg)

@@ -83,12 +83,27 @@ def _split_cell(text: str | None) -> list[str] | None:
     return text.split(LIST_SEPARATOR)
 
 
+def _flat_strings(value) -> list[str]:
+    """Every string (or number) inside a nested list/struct cell, in order."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple) or hasattr(value, "to_list"):
+        items = value.to_list() if hasattr(value, "to_list") else value
+        return [s for item in items for s in _flat_strings(item)]
+    return [str(value)]
+
+
 def _as_list(frame: pl.DataFrame, name: str) -> pl.Expr:
     """A list[str] column from a list, a `|`-separated text cell, a JSON-array text cell or nothing."""
     if name not in frame.columns:
         return pl.lit([], dtype=pl.List(pl.String))
     dtype = frame.schema[name]
-    if isinstance(dtype, pl.List):
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List | pl.Struct | pl.Array):
+        # A list of lists (or objects) in some row: flatten to its strings rather than fail the whole build.
+        col = pl.col(name).map_elements(_flat_strings, return_dtype=pl.List(pl.String), skip_nulls=True)
+    elif isinstance(dtype, pl.List):
         col = pl.col(name).cast(pl.List(pl.String), strict=False)
     else:
         text = pl.col(name).cast(pl.String)

@@ -18,6 +18,7 @@ class EncoderConfig:
     num_gpus_per_actor: float = 0.0  # 0 = CPU; 0.25 puts four actors on one GPU
     num_cpus_per_actor: float = 1.0
     resources_per_actor: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {accelerator: 1}
+    actor_start_timeout_s: float = 600.0  # fail clearly when no node can hold an encoder actor (autoscaling waits)
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     image_timeout_s: float = 10.0
     max_image_bytes: int = 20_000_000

@@ -85,11 +85,28 @@ class EncodingPool:
             max_restarts=encoder_cfg.max_actor_restarts,
             max_task_retries=encoder_cfg.max_actor_restarts,
         )(EncoderWorker)
-        free_cpus = ray.cluster_resources().get("CPU", 1.0) - encoder_cfg.num_actors * encoder_cfg.num_cpus_per_actor
+        # Sized from what is free now (a Serve app or another job may hold CPUs), not from the cluster total.
+        free_cpus = ray.available_resources().get("CPU", 0.0) - encoder_cfg.num_actors * encoder_cfg.num_cpus_per_actor
         # With every CPU held by actors, a 1-CPU task could never start; run the CPU stage unreserved instead.
         self.prepare = ray.remote(num_cpus=1.0 if free_cpus >= 1 else 0, max_retries=3)(prepare_batch_task)
         self.actors = [self._new_actor() for _ in range(max(1, encoder_cfg.num_actors))]
-        self.device = ray.get(self.actors[0].device_name.remote())
+        self.device = self._wait_placed(encoder_cfg)
+
+    def _wait_placed(self, encoder_cfg) -> str:
+        """The first actor's device; a clear error instead of an endless wait when no node can hold an actor."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            return ray.get(self.actors[0].device_name.remote(), timeout=encoder_cfg.actor_start_timeout_s)
+        except GetTimeoutError:
+            need = {"CPU": encoder_cfg.num_cpus_per_actor, "GPU": encoder_cfg.num_gpus_per_actor,
+                    **encoder_cfg.resources_per_actor}
+            raise RuntimeError(
+                f"no encoder actor started within {encoder_cfg.actor_start_timeout_s:.0f}s: each needs {need}, "
+                f"the cluster has {ray.available_resources()} free of {ray.cluster_resources()}. Free resources "
+                "(e.g. stop `mel serve`), lower encoder.num_cpus_per_actor / num_gpus_per_actor, or add nodes."
+            ) from None
 
     def _new_actor(self):
         return self.actor_cls.remote(self.model_dir, self.cfg, self.crash_marker)

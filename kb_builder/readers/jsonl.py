@@ -26,7 +26,8 @@ def read_jsonl(
     size_bytes = max(path.stat().st_size, 1)
     with open(path, "rb") as f:
         head = f.read(64).lstrip()
-    if head.startswith(b"["):
+    # A JSON array file (.json); a .jsonl/.ndjson file is one object per line even if a line is an array.
+    if head.startswith(b"[") and path.suffix.lower() not in (".jsonl", ".ndjson"):
         yield from _read_json_array(path, source, base_dir, batch_rows)
         return
     with open(path, "rb") as f:

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tests.cluster.conftest import index_collection, swap_alias
+from tests.cluster.serving.helpers import index_collection, swap_alias
 
 
 def check_error(reply, status: int, field: str, text: str = "") -> dict:

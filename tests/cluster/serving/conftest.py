@@ -1,4 +1,6 @@
-"""Fixtures for the serving tests: one sample KB indexed once, served once on real Ray Serve, per session.
+"""Fixtures for the serving tests: one sample KB indexed once, served once on real Ray Serve for this package.
+
+Package scope, not session: the app holds CPUs that Ray Train and the encoder pool need in later tests.
 
 Cheap on purpose: 120 entities, the untrained tiny model (`models/init`), entities encoded in-process (no
 encoder actors), Milvus Lite opened by this process and shared with the Serve replicas over its local gRPC
@@ -9,13 +11,13 @@ the app is running.
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.cluster.serving.helpers import index_collection, swap_alias, wait_ready
 from tests.conftest import free_port
 
 
@@ -29,49 +31,7 @@ class ServedKB:
     ready_before_index: int  # /readyz status while the alias did not exist yet
 
 
-def index_collection(cfg, model_dir: Path, name: str, entities: list[dict]) -> str:
-    """Encode `entities` with the serving model, write a collection + its rerank feature cache (no alias swap)."""
-    from kb_builder.storage import Storage
-    from workers.encoder import EntityEncoder
-    from workers.feature_cache import FeatureCache
-    from workers.images import ImageLoader
-    from workers.milvus_store import MilvusStore
-
-    loader = ImageLoader(cfg.encoder, cfg.storage, allowed_roots=[])
-    encoded = EntityEncoder(model_dir, cfg.encoder, device="cpu", loader=loader).encode_entities(entities)
-    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
-    store.create(name, encoded.vectors.shape[1])
-    store.upsert(name, [
-        {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
-        for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
-    ])
-    store.flush(name)
-    FeatureCache(Storage(cfg.storage), name).write_shard("part-00000", encoded.ids, encoded.cache)
-    store.close()
-    return name
-
-
-def swap_alias(cfg, collection: str) -> str | None:
-    from workers.milvus_store import MilvusStore
-
-    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
-    try:
-        return store.swap_alias(collection, drop_old=False)
-    finally:
-        store.close()
-
-
-def wait_ready(url: str, attempts: int = 120) -> int:
-    status = 0
-    for _ in range(attempts):
-        status = httpx.get(f"{url}/readyz", timeout=30).status_code
-        if status == 200:
-            return status
-        time.sleep(0.5)
-    return status
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served_kb(tmp_path_factory, ray_session):
     """Sample KB -> models/init -> Serve app (not ready) -> index + alias -> ready. Torn down at the end."""
     from milvus_lite.server_manager import server_manager_instance
@@ -109,7 +69,7 @@ def served_kb(tmp_path_factory, ray_session):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(served_kb):
     with httpx.Client(base_url=served_kb.url, timeout=60) as c:
         yield c

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster.conftest import index_collection, swap_alias
+from tests.cluster.serving.helpers import index_collection, swap_alias
 
 
 def gold_body(entity: dict, with_image: bool = True, **extra) -> dict:
