@@ -79,13 +79,20 @@ class Storage:
                 return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             except self.s3.exceptions.NoSuchKey as err:
                 raise FileNotFoundError(uri) from err
+            except Exception as err:
+                err.add_note(f"while reading {uri}")  # botocore names the operation, not the object
+                raise
         return Path(uri).expanduser().read_bytes()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write atomically for local files (temp + rename), so readers never see half a file."""
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+            except Exception as err:
+                err.add_note(f"while writing {uri}")
+                raise
             return
         path = Path(uri).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,6 @@ def test_persistent_errors_stop_after_exactly_max_retries(breakable_s3, tmp_path
     assert f"reached max retries: {max_retries}" in str(err.value) and "PutObject" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="kb_builder/storage.py:Storage.read_bytes/write_bytes re-raise botocore's "
-                   "ClientError unchanged: after the retries the message names the operation, not the s3:// URI")
 def test_a_failed_s3_call_names_the_uri(breakable_s3, tmp_path):
     endpoint, bucket = breakable_s3
     endpoint.rule = lambda m, k, n: ERROR_503 if m == "PUT" else FORWARD
