@@ -66,12 +66,16 @@ def recall(found: list[list[int]], truth: np.ndarray, k: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--index-types", default="", help="comma list (default: every type this Milvus builds)")
+    parser.add_argument(
+        "--index-types", default="", help="comma list (default: every type this Milvus builds)"
+    )
     parser.add_argument("--uri", default="", help="Milvus URI (default: a temp Milvus Lite file)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -97,11 +101,17 @@ def main(argv=None) -> int:
         store.upsert(name, [{"entity_id": str(i), "vector": v} for i, v in enumerate(data)])
         store.flush(name)
         ingest_s = time.perf_counter() - start
-        print(f"ANN benchmark: {args.n} x {args.dim}-d clustered unit vectors ({args.clusters} clusters), "
-              f"{args.queries} queries, metric IP, uri {uri}")
-        print(f"ingest {ingest_s:.1f} s ({args.n / ingest_s:.0f} rows/s); exact numpy top-100: {exact_qps:.1f} q/s")
-        header = (f"{'index':>9} | {'params':>32} | {'build s':>7} | {'recall@10':>9} | {'recall@100':>10} | "
-                  f"{'q/s (1)':>7} | {'q/s (batch)':>11} | {'speedup':>7}")
+        print(
+            f"ANN benchmark: {args.n} x {args.dim}-d clustered unit vectors ({args.clusters} clusters), "
+            f"{args.queries} queries, metric IP, uri {uri}"
+        )
+        print(
+            f"ingest {ingest_s:.1f} s ({args.n / ingest_s:.0f} rows/s); exact numpy top-100: {exact_qps:.1f} q/s"
+        )
+        header = (
+            f"{'index':>9} | {'params':>32} | {'build s':>7} | {'recall@10':>9} | {'recall@100':>10} | "
+            f"{'q/s (1)':>7} | {'q/s (batch)':>11} | {'speedup':>7}"
+        )
         print(header + "\n" + "-" * len(header))
         client = store.client
         for index_type in types:
@@ -113,7 +123,9 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             try:
                 client.create_index(name, spec)
-            except Exception as exc:  # a long build can outlive the gRPC keepalive: the retried call finds it built
+            except (
+                Exception
+            ) as exc:  # a long build can outlive the gRPC keepalive: the retried call finds it built
                 if "already exists" not in str(exc):
                     raise
             client.load_collection(name)
@@ -127,9 +139,11 @@ def main(argv=None) -> int:
             hits = client.search(name, data=queries.tolist(), limit=100, search_params=sp, output_fields=[])
             batch_qps = len(queries) / (time.perf_counter() - start)
             found = [[int(h["entity_id"]) for h in q] for q in hits]
-            print(f"{index_type:>9} | {str(build or '-'):>32} | {build_s:>7.1f} | {recall(found, truth, 10):>9.3f} | "
-                  f"{recall(found, truth, 100):>10.3f} | {single_qps:>7.1f} | {batch_qps:>11.1f} | "
-                  f"{batch_qps / exact_qps:>7.2f}")
+            print(
+                f"{index_type:>9} | {str(build or '-'):>32} | {build_s:>7.1f} | {recall(found, truth, 10):>9.3f} | "
+                f"{recall(found, truth, 100):>10.3f} | {single_qps:>7.1f} | {batch_qps:>11.1f} | "
+                f"{batch_qps / exact_qps:>7.2f}"
+            )
         store.drop(name)
         store.close()
     return 0

@@ -23,10 +23,22 @@ from mmoe.model import MMoEModel
 
 
 def vit_b32_config() -> CLIPConfig:
-    text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-                vocab_size=49408, max_position_embeddings=77)
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=224, patch_size=32)
+    text = dict(
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        vocab_size=49408,
+        max_position_embeddings=77,
+    )
+    vision = dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
 
 
@@ -72,10 +84,13 @@ def main() -> None:
     model = MMoEModel(MMoEConfig(text_max_tokens=50), clip_cfg).to(dev).eval()
     clip = CLIPModel(clip_cfg).to(dev).eval()
     batch = make_batch(args.batch, dev)
-    print(f"device {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), batch {args.batch}")
+    print(
+        f"device {dev} ({torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}), batch {args.batch}"
+    )
 
     rows = []
     for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+
         def ctx(dtype=dtype):
             kind = dev.split(":")[0]
             return torch.autocast(kind, dtype=dtype) if dtype else torch.autocast(kind, enabled=False)
@@ -83,8 +98,11 @@ def main() -> None:
         @torch.no_grad()
         def run_clip():
             with ctx():
-                clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     pixel_values=batch["pixel_values"])
+                clip(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"],
+                )
 
         @torch.no_grad()
         def run_mmoe():

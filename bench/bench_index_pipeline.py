@@ -45,15 +45,34 @@ def build_model(clip_size: str, corpus: list[str], out: Path) -> None:
         model, processor = build_tiny_model(TinyCLIPConfig(), MMoEConfig(text_max_tokens=17), corpus, seed=0)
     else:
         mmoe_cfg = MMoEConfig(text_max_tokens=50)  # 49 patches + CLS at 224 / 32
-        processor = MMoEProcessor.build_tiny(TinyCLIPConfig(image_size=224, patch_size=32, vocab_size=49408),
-                                             50, corpus)
-        ids = {"pad_token_id": SPECIAL_TOKENS["[PAD]"], "bos_token_id": SPECIAL_TOKENS["[BOS]"],
-               "eos_token_id": SPECIAL_TOKENS["[EOS]"]}
-        text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-                    vocab_size=49408, max_position_embeddings=77, **ids)
-        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                      image_size=224, patch_size=32)
-        model = MMoEModel(mmoe_cfg, CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
+        processor = MMoEProcessor.build_tiny(
+            TinyCLIPConfig(image_size=224, patch_size=32, vocab_size=49408), 50, corpus
+        )
+        ids = {
+            "pad_token_id": SPECIAL_TOKENS["[PAD]"],
+            "bos_token_id": SPECIAL_TOKENS["[BOS]"],
+            "eos_token_id": SPECIAL_TOKENS["[EOS]"],
+        }
+        text = dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            **ids,
+        )
+        vision = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        )
+        model = MMoEModel(
+            mmoe_cfg, CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+        ).eval()
     save_pretrained(out, model, processor)
 
 
@@ -66,8 +85,15 @@ def sample_rows(n: int, folder: Path) -> list[dict]:
     for line in (folder / "entities.jsonl").read_text().splitlines():
         r = json.loads(line)
         image = str(folder / r["image"]) if r.get("image") else None
-        rows.append({"entity_id": r["id"], "name": r["name"], "description": r.get("description", ""),
-                     "image_uris": [image] if image else [], "content_hash": ""})
+        rows.append(
+            {
+                "entity_id": r["id"],
+                "name": r["name"],
+                "description": r.get("description", ""),
+                "image_uris": [image] if image else [],
+                "content_hash": "",
+            }
+        )
     return rows
 
 
@@ -78,7 +104,9 @@ def row(label: str, n: int, images: int, seconds: float, base: float | None) -> 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entities", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--clip-size", choices=["tiny", "vit-b32"], default="tiny")
@@ -108,9 +136,12 @@ def main(argv=None) -> int:
     print(f"setup: {len(rows)} entities + {args.clip_size} model in {time.perf_counter() - t0:.1f} s")
 
     enc_cfg = EncoderConfig(
-        batch_size=args.batch_size, num_actors=args.num_actors, dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_actors=args.num_actors,
+        dtype=args.dtype,
         num_gpus_per_actor=args.gpus_per_actor if args.device == "cuda" else 0.0,
-        num_cpus_per_actor=args.cpus_per_actor, batches_in_flight=args.batches_in_flight or max(2, cpus),
+        num_cpus_per_actor=args.cpus_per_actor,
+        batches_in_flight=args.batches_in_flight or max(2, cpus),
     )
     storage_cfg = StorageConfig(root=str(tmp / "data"), cache_dir=str(tmp / "cache"))
     roots = [str(tmp / "kb")]
@@ -142,8 +173,12 @@ def main(argv=None) -> int:
     model_img = sum(int(p.inputs["image_mask"].sum()) for p in prepared)
     del prepared, encoder
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
     pool = EncodingPool(tmp / "model", enc_cfg, storage_cfg, roots)
     list(pool.run([(("warm", 0), batches[0])]))  # actor start-up and first-batch costs, not timed
     start = time.perf_counter()
@@ -154,9 +189,11 @@ def main(argv=None) -> int:
     ray.shutdown()
     assert done == len(rows), f"pipeline returned {done} of {len(rows)} entities"
 
-    print(f"\nentity encoding: {args.clip_size}, {len(rows)} entities ({n_images} images), batch {args.batch_size}, "
-          f"device {device}, dtype {args.dtype}, {args.num_actors} actor(s) x {args.cpus_per_actor} CPU, "
-          f"{cpus} Ray CPUs, bare-loop torch threads {torch.get_num_threads()}")
+    print(
+        f"\nentity encoding: {args.clip_size}, {len(rows)} entities ({n_images} images), batch {args.batch_size}, "
+        f"device {device}, dtype {args.dtype}, {args.num_actors} actor(s) x {args.cpus_per_actor} CPU, "
+        f"{cpus} Ray CPUs, bare-loop torch threads {torch.get_num_threads()}"
+    )
     header = f"{'mode':>13} | {'entities':>8} | {'seconds':>8} | {'entities/s':>10} | {'images/s':>9} | ratio"
     print(header + "\n" + "-" * len(header))
     base = len(rows) / bare_s

@@ -24,8 +24,16 @@ from workers.milvus_store import MilvusStore  # noqa: E402
 
 def make_rows(n: int, dim: int, seed: int = 0) -> list[dict]:
     vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return [{"entity_id": f"Q{i}", "vector": vectors[i], "name": f"entity {i}", "has_image": bool(i % 2),
-             "content_hash": f"{i:064x}"} for i in range(n)]
+    return [
+        {
+            "entity_id": f"Q{i}",
+            "vector": vectors[i],
+            "name": f"entity {i}",
+            "has_image": bool(i % 2),
+            "content_hash": f"{i:064x}",
+        }
+        for i in range(n)
+    ]
 
 
 def timed(fn, *args) -> float:
@@ -40,7 +48,9 @@ def insert_raw(store: MilvusStore, name: str, rows: list[dict], batch: int) -> N
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=800, help="800 = MMoE retrieval dim on ViT-B/32")
     parser.add_argument("--batch-sizes", default="500,2000,5000")
@@ -53,11 +63,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         uri = args.uri or str(Path(tmp) / "milvus.db")
         print(f"Milvus ingest: {args.rows} rows x {args.dim}-d, index {args.index}, uri {uri}")
-        header = (f"{'batch':>6} | {'raw insert rows/s':>17} | {'upsert rows/s':>13} | {'ratio':>5} | "
-                  f"{'flush s':>7} | {'re-upsert rows/s':>16} | count")
+        header = (
+            f"{'batch':>6} | {'raw insert rows/s':>17} | {'upsert rows/s':>13} | {'ratio':>5} | "
+            f"{'flush s':>7} | {'re-upsert rows/s':>16} | count"
+        )
         print(header + "\n" + "-" * len(header))
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            store = MilvusStore(MilvusConfig(collection="bench", index_type=args.index, insert_batch_size=batch), uri)
+            store = MilvusStore(
+                MilvusConfig(collection="bench", index_type=args.index, insert_batch_size=batch), uri
+            )
             raw, ours = f"bench_raw_{batch}", f"bench_v{batch}"
             for name in (raw, ours):
                 if store.exists(name):
@@ -70,8 +84,10 @@ def main(argv=None) -> int:
             store.flush(ours)
             count = store.count(ours)
             ok = "ok" if count == args.rows else f"WRONG {count}"
-            print(f"{batch:>6} | {args.rows / raw_s:>17.0f} | {args.rows / upsert_s:>13.0f} | "
-                  f"{raw_s / upsert_s:>5.2f} | {flush_s:>7.2f} | {args.rows / again_s:>16.0f} | {ok}")
+            print(
+                f"{batch:>6} | {args.rows / raw_s:>17.0f} | {args.rows / upsert_s:>13.0f} | "
+                f"{raw_s / upsert_s:>5.2f} | {flush_s:>7.2f} | {args.rows / again_s:>16.0f} | {ok}"
+            )
             store.drop(raw)
             store.drop(ours)
             store.close()

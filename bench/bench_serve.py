@@ -33,8 +33,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(latencies_ms: list[float], wall_s: float) -> dict:
-    return {"p50": percentile(latencies_ms, 50), "p99": percentile(latencies_ms, 99),
-            "rps": len(latencies_ms) / wall_s, "mean": statistics.fmean(latencies_ms)}
+    return {
+        "p50": percentile(latencies_ms, 50),
+        "p99": percentile(latencies_ms, 99),
+        "rps": len(latencies_ms) / wall_s,
+        "mean": statistics.fmean(latencies_ms),
+    }
 
 
 def prepare(cfg) -> tuple[list[dict], str]:
@@ -47,8 +51,9 @@ def prepare(cfg) -> tuple[list[dict], str]:
 
     build_kb(cfg.kb, cfg.storage, progress=False)
     model_dir = serving_model_dir(cfg)
-    entities = read_entities(Storage(cfg.storage), cfg.kb.name,
-                             columns=["entity_id", "name", "description", "image_uris"]).to_dicts()
+    entities = read_entities(
+        Storage(cfg.storage), cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"]
+    ).to_dicts()
     swap_alias(cfg, index_collection(cfg, model_dir, f"{cfg.milvus.collection}_vbench", entities))
     bodies = []
     for e in entities:
@@ -67,7 +72,11 @@ def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> di
     from cluster.linker import MentionQuery
 
     def query(body):
-        image = Image.open(io.BytesIO(base64.b64decode(body["image"]))).convert("RGB") if "image" in body else None
+        image = (
+            Image.open(io.BytesIO(base64.b64decode(body["image"]))).convert("RGB")
+            if "image" in body
+            else None
+        )
         return MentionQuery(body["mention"], body["context"], image, top_k=body["top_k"])
 
     def one(i: int) -> float:
@@ -85,8 +94,10 @@ async def _bench_http(url: str, bodies: list[dict], concurrency: int, n: int) ->
     import httpx
 
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=300, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
         async def one(i: int) -> float:
             async with limit:
                 start = time.perf_counter()
@@ -123,11 +134,18 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    cfg = load_config(overrides=[
-        f"storage.root={root / 'data'}", f"storage.cache_dir={root / 'cache'}", "kb.sample_entities=120",
-        "kb.sample_mentions=400", f"serve.port={free_port()}", "serve.num_cpus_per_replica=0.25",
-        "serve.max_ongoing_requests=64", *args.set,
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={root / 'data'}",
+            f"storage.cache_dir={root / 'cache'}",
+            "kb.sample_entities=120",
+            "kb.sample_mentions=400",
+            f"serve.port={free_port()}",
+            "serve.num_cpus_per_replica=0.25",
+            "serve.max_ongoing_requests=64",
+            *args.set,
+        ]
+    )
     (root / "data").mkdir(parents=True)
     cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(root / "data" / "milvus.db"))
     bodies, model_dir = prepare(cfg)
@@ -139,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         bench_in_process(linker, bodies, c, 4)
         results["in-process"][c] = bench_in_process(linker, bodies, c, args.requests)
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
     batch_size = cfg.serve.batch_max_size
     for label, size in (("http batch on", batch_size), ("http batch off", 1)):
         cfg.serve.batch_max_size = size
@@ -150,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
 
-    print(f"\nbench_serve: {len(bodies)} entities, {args.requests} requests per cell, model {model_dir}, "
-          f"batch_max_size {batch_size}, host CPUs {os.cpu_count()}")
+    print(
+        f"\nbench_serve: {len(bodies)} entities, {args.requests} requests per cell, model {model_dir}, "
+        f"batch_max_size {batch_size}, host CPUs {os.cpu_count()}"
+    )
     print(f"{'mode':<16}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
     for label, cells in results.items():
         for c, r in cells.items():
@@ -159,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nratios (same run):")
     for c in levels:
         on, off, local = results["http batch on"][c], results["http batch off"][c], results["in-process"][c]
-        print(f"  conc {c:>2}: HTTP/in-process p50 {on['p50'] / local['p50']:.2f}x, "
-              f"rps batch on/off {on['rps'] / off['rps']:.2f}x, p50 batch on/off {on['p50'] / off['p50']:.2f}x")
+        print(
+            f"  conc {c:>2}: HTTP/in-process p50 {on['p50'] / local['p50']:.2f}x, "
+            f"rps batch on/off {on['rps'] / off['rps']:.2f}x, p50 batch on/off {on['p50'] / off['p50']:.2f}x"
+        )
     return 0
 
 

@@ -98,17 +98,25 @@ def main() -> None:
     from workers.model_store import resolve_model_dir
 
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    cfg = load_config(overrides=[
-        f"storage.root={root / 'data'}", f"storage.cache_dir={root / 'cache'}", f"train.batch_size={args.batch_size}",
-        f"kb.sample_entities={args.entities}", f"kb.sample_mentions={args.mentions}", "ray.object_store_memory_mb=300",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={root / 'data'}",
+            f"storage.cache_dir={root / 'cache'}",
+            f"train.batch_size={args.batch_size}",
+            f"kb.sample_entities={args.entities}",
+            f"kb.sample_mentions={args.mentions}",
+            "ray.object_store_memory_mb=300",
+        ]
+    )
     storage = Storage(cfg.storage)
     ensure_kb(cfg, storage)
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
     data = prepare_data(cfg, storage, model_dir)
     rows = data["train"].to_dicts()
     bs = cfg.train.batch_size
-    print(f"bench_train: {len(rows)} train mentions, batch {bs}, {args.steps} timed steps after {WARMUP_STEPS}")
+    print(
+        f"bench_train: {len(rows)} train mentions, batch {bs}, {args.steps} timed steps after {WARMUP_STEPS}"
+    )
 
     plain_s = plain_loop(cfg, model_dir, rows, args.steps)
     init_ray(cfg.ray)

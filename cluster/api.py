@@ -89,8 +89,13 @@ class BodyLimit:
             b'{"error": "request body is larger than max_body_bytes (%d)", "field": "body", "request_id": "-"}'
             % self.max_body_bytes
         )
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -109,7 +114,7 @@ def decode_image(value: str, field: str, serve_cfg, loader) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     if URI_SCHEMES.match(value) or (value.startswith(("/", "./", "~")) and "." in value.rsplit("/", 1)[-1]):
-        uri = value[len("file://"):] if value.lower().startswith("file://") else value
+        uri = value[len("file://") :] if value.lower().startswith("file://") else value
         if loader is None:
             raise ApiError(400, f"{field}: image URIs are not enabled on this server", field)
         image, error = loader.load(uri)
@@ -118,13 +123,19 @@ def decode_image(value: str, field: str, serve_cfg, loader) -> Any:
         return image.convert("RGB")
     payload = value.split(",", 1)[1] if value.startswith("data:") else value
     if len(payload) * 3 // 4 > serve_cfg.max_image_bytes:
-        raise ApiError(413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field)
+        raise ApiError(
+            413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field
+        )
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"{field}: not valid base64 (nor an s3://, http(s)://, file:// URI)", field) from None
+        raise ApiError(
+            400, f"{field}: not valid base64 (nor an s3://, http(s)://, file:// URI)", field
+        ) from None
     if len(raw) > serve_cfg.max_image_bytes:
-        raise ApiError(413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field)
+        raise ApiError(
+            413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field
+        )
     try:
         with Image.open(io.BytesIO(raw)) as img:
             if img.width * img.height > 40_000_000:  # decompression-bomb guard before decoding pixels
@@ -143,15 +154,24 @@ async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, loader) -> 
         where = f"{prefix}{i}." if prefix else ""
         for name in ("mention", "context"):
             if len(getattr(item, name)) > serve_cfg.max_text_chars:
-                raise ApiError(413, f"{where}{name}: longer than max_text_chars ({serve_cfg.max_text_chars})",
-                               f"{where}{name}")
+                raise ApiError(
+                    413,
+                    f"{where}{name}: longer than max_text_chars ({serve_cfg.max_text_chars})",
+                    f"{where}{name}",
+                )
         image = None
         if item.image:
             image = await asyncio.to_thread(decode_image, item.image, f"{where}image", serve_cfg, loader)
-        queries.append(MentionQuery(
-            mention=item.mention, context=item.context, image=image, top_k=item.top_k or serve_cfg.top_k,
-            filter_expr=filter_expression(item.filters), explain=item.explain,
-        ))
+        queries.append(
+            MentionQuery(
+                mention=item.mention,
+                context=item.context,
+                image=image,
+                top_k=item.top_k or serve_cfg.top_k,
+                filter_expr=filter_expression(item.filters),
+                explain=item.explain,
+            )
+        )
     return queries
 
 
@@ -213,8 +233,9 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
     async def link_batch(body: BatchLinkRequest) -> dict:
         start = time.perf_counter()
         if len(body.mentions) > serve_cfg.max_batch_mentions:
-            raise ApiError(413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})",
-                           "mentions")
+            raise ApiError(
+                413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})", "mentions"
+            )
         queries = await to_queries(body.mentions, "mentions.", serve_cfg, image_loader)
         results = await backend.link_queries(queries)
         return {"results": results, "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}

@@ -24,7 +24,11 @@ def nil_threshold(linked_top: torch.Tensor, linked_gold: torch.Tensor, nil_top: 
         if gold.numel() == 0:
             return {"nil_threshold": None, "method": "none", "accuracy": None}
         value = float(torch.quantile(gold, GOLD_PERCENTILE))
-        return {"nil_threshold": value, "method": f"p{int(GOLD_PERCENTILE * 100)} of gold scores", "accuracy": None}
+        return {
+            "nil_threshold": value,
+            "method": f"p{int(GOLD_PERCENTILE * 100)} of gold scores",
+            "accuracy": None,
+        }
     candidates = torch.cat([linked_top, nil_top]).unique()  # sorted ascending
     total = linked_top.numel() + nil_top.numel()
     best_t, best_acc = float(candidates[0]), -1.0

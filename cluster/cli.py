@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable)",
     )
     parser.add_argument(
-        "--overlay", dest="overlay_files", action="append", default=[], help="overlay YAML, e.g. configs/wikimel.yaml"
+        "--overlay",
+        dest="overlay_files",
+        action="append",
+        default=[],
+        help="overlay YAML, e.g. configs/wikimel.yaml",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

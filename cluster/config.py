@@ -35,7 +35,9 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    resources_per_worker: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {accelerator: 1}
+    resources_per_worker: dict[str, float] = field(
+        default_factory=dict
+    )  # custom Ray resources, e.g. {accelerator: 1}
     epochs: int = 4
     lr: float = 5e-6  # WikiMEL 5e-6; RichpediaMEL and WikiDiverse 1e-5
     weight_decay: float = 1e-4

@@ -44,7 +44,9 @@ def bare(model):
 
 
 @torch.no_grad()
-def encode_entities(model, builder: BatchBuilder, rows: list[dict], batch_size: int, label: str = "") -> EntityFeatures:
+def encode_entities(
+    model, builder: BatchBuilder, rows: list[dict], batch_size: int, label: str = ""
+) -> EntityFeatures:
     """Retrieval vectors and rerank caches for `rows` (entity-row dicts), in row order; progress when `label`."""
     from kb_builder.progress import Progress
 

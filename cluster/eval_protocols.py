@@ -29,8 +29,14 @@ class RankResult:
 
 
 def exhaustive_ranks(
-    model, builder: BatchBuilder, rows: list[dict], entities: EntityFeatures, batch_size: int, entity_chunk: int,
-    use_dme: bool = True, label: str = "",
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    entities: EntityFeatures,
+    batch_size: int,
+    entity_chunk: int,
+    use_dme: bool = True,
+    label: str = "",
 ) -> RankResult:
     """Protocol (a): every mention against every entity, never more than [B, entity_chunk] scores at once.
 
@@ -39,7 +45,9 @@ def exhaustive_ranks(
     """
     net = bare(model)
     position = entities.index_of()
-    gold = torch.tensor([position.get(r.get("gold_entity_id") or "", -1) for r in rows], dtype=torch.long)  # [M]
+    gold = torch.tensor(
+        [position.get(r.get("gold_entity_id") or "", -1) for r in rows], dtype=torch.long
+    )  # [M]
     n = len(entities.ids)
     ranks, gold_scores, top_ids, top_scores = [], [], [], []
 
@@ -52,7 +60,9 @@ def exhaustive_ranks(
             g = gold[start : start + batch_size]  # [B]
             linked = g >= 0
             g_score = torch.full((len(g),), float("nan"))
-            if linked.any():  # gold scores from one call on the gold columns (as mmoe.metrics.exhaustive_ranks)
+            if (
+                linked.any()
+            ):  # gold scores from one call on the gold columns (as mmoe.metrics.exhaustive_ranks)
                 unique, inverse = torch.unique(g.clamp(min=0), return_inverse=True)
                 g_score[linked] = score(feats, unique).gather(1, inverse[:, None])[:, 0][linked]
             greater = torch.zeros(len(g), dtype=torch.long)
@@ -65,7 +75,10 @@ def exhaustive_ranks(
                 greater += ((chunk > g_score[:, None]) & (index[None, :] != g[:, None])).sum(dim=1)
                 value, arg = chunk.max(dim=1)
                 better = value > best
-                best, best_index = torch.where(better, value, best), torch.where(better, index[arg], best_index)
+                best, best_index = (
+                    torch.where(better, value, best),
+                    torch.where(better, index[arg], best_index),
+                )
             ranks.append(torch.where(linked, greater + 1, torch.zeros_like(greater)))
             gold_scores.append(g_score)
             top_scores.append(best)
@@ -76,8 +89,16 @@ def exhaustive_ranks(
 
 
 def system_ranks(
-    model, builder: BatchBuilder, rows: list[dict], store, collection: str, feature_cache, retrieve_k: int,
-    batch_size: int, use_dme: bool = True, label: str = "",
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    store,
+    collection: str,
+    feature_cache,
+    retrieve_k: int,
+    batch_size: int,
+    use_dme: bool = True,
+    label: str = "",
 ) -> RankResult:
     """Protocol (b): Milvus top-K by <u_m, u_e>, then the exact matcher on the K candidates."""
     net = bare(model)
@@ -105,7 +126,10 @@ def system_ranks(
                     gold_scores.append(float("nan"))
                     retrieved.append(False)
     return RankResult(
-        torch.tensor(ranks, dtype=torch.long).reshape(-1), torch.tensor(gold_scores), top_ids, torch.tensor(retrieved),
+        torch.tensor(ranks, dtype=torch.long).reshape(-1),
+        torch.tensor(gold_scores),
+        top_ids,
+        torch.tensor(retrieved),
         torch.tensor(top_scores),
     )
 
@@ -117,7 +141,9 @@ def metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
     return {k: float(v) for k, v in hits_and_mrr(ranks, ks).items()}
 
 
-def exhaustive_metrics(model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg) -> dict:
+def exhaustive_metrics(
+    model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg
+) -> dict:
     """Protocol (a) end to end on a model in memory (the training loop's dev evaluation)."""
     from cluster.eval_features import encode_entities
 
@@ -125,7 +151,9 @@ def exhaustive_metrics(model, builder: BatchBuilder, rows: list[dict], entity_ro
         # The official gate's features depend on the batch: score the paper's tiles instead of cached features.
         from cluster.paper_protocol import reference_exhaustive_metrics
 
-        return reference_exhaustive_metrics(getattr(model, "module", model), builder, rows, entity_rows, eval_cfg)
+        return reference_exhaustive_metrics(
+            getattr(model, "module", model), builder, rows, entity_rows, eval_cfg
+        )
 
     entities = encode_entities(model, builder, entity_rows, eval_cfg.batch_size)
     result = exhaustive_ranks(model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk)

@@ -41,14 +41,16 @@ class EvalReport:
         from cluster.reports import markdown_table
 
         recall = ", ".join(f"{k} {v:.4f}" for k, v in self.recall_at_k.items())
-        return "\n".join([
-            f"{self.split}: {self.mentions} mentions ({self.nil_skipped} NIL skipped), {self.entities} entities, "
-            f"checkpoint {self.checkpoint} ({self.wall_s:.1f}s)",
-            markdown_table(self.tables),
-            f"retrieval recall@{self.retrieve_k}: {recall}",
-            f"NIL threshold: {self.calibration.get('nil_threshold')} ({self.calibration.get('method')})",
-            f"reports: {', '.join(self.report_uris)}",
-        ])
+        return "\n".join(
+            [
+                f"{self.split}: {self.mentions} mentions ({self.nil_skipped} NIL skipped), {self.entities} entities, "
+                f"checkpoint {self.checkpoint} ({self.wall_s:.1f}s)",
+                markdown_table(self.tables),
+                f"retrieval recall@{self.retrieve_k}: {recall}",
+                f"NIL threshold: {self.calibration.get('nil_threshold')} ({self.calibration.get('method')})",
+                f"reports: {', '.join(self.report_uris)}",
+            ]
+        )
 
 
 def checkpoint_uri(cfg, storage, checkpoint: str) -> str:
@@ -68,8 +70,11 @@ def calibrate(model, builder, cfg, storage, entities) -> dict:
     dme = read_dme(storage, cfg.kb.name)
     linked, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
     linked_ids = set(linked["mention_id"].to_list())
-    nil = [dict(r, desc=dme.get(r["mention_id"], "")) for r in read_mentions(storage, cfg.kb.name, "dev").to_dicts()
-           if r["mention_id"] not in linked_ids]
+    nil = [
+        dict(r, desc=dme.get(r["mention_id"], ""))
+        for r in read_mentions(storage, cfg.kb.name, "dev").to_dicts()
+        if r["mention_id"] not in linked_ids
+    ]
     ev = cfg.eval
     on_linked = exhaustive_ranks(model, builder, linked.to_dicts(), entities, ev.batch_size, ev.entity_chunk)
     on_nil = exhaustive_ranks(model, builder, nil, entities, ev.batch_size, ev.entity_chunk)
@@ -93,16 +98,36 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     dme = read_dme(storage, cfg.kb.name)
     rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     rows = rows_frame.to_dicts()
-    entities = encode_entities(model, builder, entity_rows(storage, cfg.kb.name), ev.batch_size, "eval entities")
+    entities = encode_entities(
+        model, builder, entity_rows(storage, cfg.kb.name), ev.batch_size, "eval entities"
+    )
     store, collection, cache = ensure_eval_index(cfg, storage, model_dir, entities)
     settings = [("", True)] + ([(" (DME off)", False)] if dme and ev.dme_ablation else [])
     tables, recall = {}, {}
     try:
         for suffix, use_dme in settings:
-            a = exhaustive_ranks(model, builder, rows, entities, ev.batch_size, ev.entity_chunk, use_dme,
-                                 f"eval {split} exhaustive{suffix}")
-            b = system_ranks(model, builder, rows, store, collection, cache, ev.retrieve_k, ev.batch_size, use_dme,
-                             f"eval {split} system{suffix}")
+            a = exhaustive_ranks(
+                model,
+                builder,
+                rows,
+                entities,
+                ev.batch_size,
+                ev.entity_chunk,
+                use_dme,
+                f"eval {split} exhaustive{suffix}",
+            )
+            b = system_ranks(
+                model,
+                builder,
+                rows,
+                store,
+                collection,
+                cache,
+                ev.retrieve_k,
+                ev.batch_size,
+                use_dme,
+                f"eval {split} system{suffix}",
+            )
             tables[f"exhaustive{suffix}"] = metrics_of(a.ranks, ev.ks)
             tables[f"system{suffix}"] = metrics_of(b.ranks, ev.ks)
             recall[f"system{suffix}"] = float(b.retrieved.float().mean()) if len(rows) else 0.0
@@ -111,9 +136,16 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     calibration = calibrate(model, builder, cfg, storage, entities)
     write_calibration(storage, Path(model_dir), checkpoint, calibration)
     return {
-        "split": split, "checkpoint": checkpoint or str(model_dir), "entities": len(entities.ids),
-        "mentions": len(rows), "nil_skipped": nil_skipped, "retrieve_k": ev.retrieve_k, "tables": tables,
-        "recall_at_k": recall, "calibration": calibration, "wall_s": time.monotonic() - start,
+        "split": split,
+        "checkpoint": checkpoint or str(model_dir),
+        "entities": len(entities.ids),
+        "mentions": len(rows),
+        "nil_skipped": nil_skipped,
+        "retrieve_k": ev.retrieve_k,
+        "tables": tables,
+        "recall_at_k": recall,
+        "calibration": calibration,
+        "wall_s": time.monotonic() - start,
     }
 
 

@@ -37,8 +37,15 @@ def format_table(reply: dict) -> str:
     """rank | score | entity_id | name | description (truncated), then the NIL decision and timings."""
     rows = [("rank", "score", "entity_id", "name", "description")]
     for c in reply.get("candidates", []):
-        rows.append((str(c["rank"]), f"{c['score']:.4f}", c["entity_id"], _cut(c["name"], 30),
-                     _cut(c.get("description", ""), DESCRIPTION_CHARS)))
+        rows.append(
+            (
+                str(c["rank"]),
+                f"{c['score']:.4f}",
+                c["entity_id"],
+                _cut(c["name"], 30),
+                _cut(c.get("description", ""), DESCRIPTION_CHARS),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
@@ -52,8 +59,14 @@ def format_table(reply: dict) -> str:
     return "\n".join(lines)
 
 
-def link(url: str, mention: str, context: str = "", image: str | None = None, top_k: int = 5,
-         timeout_s: float = 60.0) -> str:
+def link(
+    url: str,
+    mention: str,
+    context: str = "",
+    image: str | None = None,
+    top_k: int = 5,
+    timeout_s: float = 60.0,
+) -> str:
     """POST /link and return the table; a 4xx/5xx raises ValueError with the server's message."""
     import httpx
 

@@ -51,8 +51,9 @@ def _map_tensors(obj: Any, fn) -> Any:
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn)
-                                           for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: _map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
+        )
     if isinstance(obj, dict):
         return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -62,8 +63,12 @@ def _map_tensors(obj: Any, fn) -> Any:
 
 def side_rows(feats: Any, batch: int) -> list[Any]:
     """Split batched features into `batch` single-row copies (scalars such as aux losses are shared)."""
+
     def row(i):
-        return lambda t: t[i : i + 1].detach().cpu().clone() if t.dim() and t.shape[0] == batch else t.detach().cpu()
+        return lambda t: (
+            t[i : i + 1].detach().cpu().clone() if t.dim() and t.shape[0] == batch else t.detach().cpu()
+        )
+
     return [_map_tensors(feats, row(i)) for i in range(batch)]
 
 
@@ -94,8 +99,10 @@ def gate_summary(feats: Any, i: int) -> dict[str, dict[str, list[float]]]:
     from mmoe.model import select_rows
 
     usage = expert_usage(select_rows(feats, [i]))
-    return {layer: {k: [round(float(v), 4) for v in vals] for k, vals in parts.items()}
-            for layer, parts in usage.items()}
+    return {
+        layer: {k: [round(float(v), 4) for v in vals] for k, vals in parts.items()}
+        for layer, parts in usage.items()
+    }
 
 
 def pad_candidates(vectors: list[np.ndarray], caches: list[dict], device: str):
@@ -197,11 +204,15 @@ class MentionEncoder:
         batch = self.processor(texts, [q.image for q in queries])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         explain = any(q.explain for q in queries)
-        with torch.autocast(self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None):
+        with torch.autocast(
+            self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
+        ):
             feats = self.model.encode(batch, return_gates=explain)
         feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
-        rows = side_rows(dataclasses.replace(feats, gate_weights=None), len(queries))  # gates: summarised below
+        rows = side_rows(
+            dataclasses.replace(feats, gate_weights=None), len(queries)
+        )  # gates: summarised below
         ms = (time.perf_counter() - start) * 1000
         return [
             EncodedMention(rows[i], vectors[i], gate_summary(feats, i) if q.explain else None, ms)
@@ -280,7 +291,9 @@ class Retriever:
         start = time.perf_counter()
         try:
             collection, hits, rows = self._search(vectors, top_k, filter_expr)
-        except Exception:  # the alias may have just moved and the old collection been dropped: re-resolve once
+        except (
+            Exception
+        ):  # the alias may have just moved and the old collection been dropped: re-resolve once
             self._collection = None
             collection, hits, rows = self._search(vectors, top_k, filter_expr)
         stale = time.monotonic() - self._catalog_at > ALIAS_REFRESH_S
@@ -292,14 +305,16 @@ class Retriever:
             q = [h for h in q if h.entity_id in rows]  # deleted between search and get
             vecs = np.asarray([rows[h.entity_id]["vector"] for h in q], dtype=np.float32)
             meta = [self._catalog.get(h.entity_id, {}) for h in q]
-            out.append(Retrieved(
-                collection=collection,
-                ids=[h.entity_id for h in q],
-                names=[m.get("name", h.name) for m, h in zip(meta, q)],
-                descriptions=[m.get("description", "") for m in meta],
-                vectors=vecs.reshape(len(q), vectors.shape[-1]),
-                ms=ms,
-            ))
+            out.append(
+                Retrieved(
+                    collection=collection,
+                    ids=[h.entity_id for h in q],
+                    names=[m.get("name", h.name) for m, h in zip(meta, q)],
+                    descriptions=[m.get("description", "") for m in meta],
+                    vectors=vecs.reshape(len(q), vectors.shape[-1]),
+                    ms=ms,
+                )
+            )
         return out
 
 
@@ -349,8 +364,12 @@ class Reranker:
             for row, i in enumerate(live):
                 k = len(items[i][1].ids)
                 order = torch.argsort(scores[row, :k], descending=True).tolist()
-                out[i] = {"order": order, "scores": scores[row, order].tolist(),
-                          "units": units[row, order].tolist(), "ms": ms}
+                out[i] = {
+                    "order": order,
+                    "scores": scores[row, order].tolist(),
+                    "units": units[row, order].tolist(),
+                    "ms": ms,
+                }
         return out
 
 
@@ -360,16 +379,28 @@ def assemble(query: MentionQuery, enc: EncodedMention, ret: Retrieved, ranked: d
     for rank, (j, score, units) in enumerate(zip(ranked["order"], ranked["scores"], ranked["units"]), 1):
         if rank > query.top_k:
             break
-        cand = {"entity_id": ret.ids[j], "name": ret.names[j], "description": ret.descriptions[j],
-                "score": round(float(score), 6), "rank": rank}
+        cand = {
+            "entity_id": ret.ids[j],
+            "name": ret.names[j],
+            "description": ret.descriptions[j],
+            "score": round(float(score), 6),
+            "rank": rank,
+        }
         if query.explain:
             cand["units"] = dict(zip(("text", "image", "cross"), (round(float(u), 6) for u in units)))
         candidates.append(cand)
     best = candidates[0]["score"] if candidates else None
     nil = best is None or (threshold is not None and best < threshold)  # nothing retrieved: NIL too
     out = {
-        "candidates": candidates, "nil": bool(nil), "nil_threshold": threshold, "collection": ret.collection,
-        "timings_ms": {"encode": round(enc.ms, 3), "retrieve": round(ret.ms, 3), "rerank": round(ranked["ms"], 3)},
+        "candidates": candidates,
+        "nil": bool(nil),
+        "nil_threshold": threshold,
+        "collection": ret.collection,
+        "timings_ms": {
+            "encode": round(enc.ms, 3),
+            "retrieve": round(ret.ms, 3),
+            "rerank": round(ranked["ms"], 3),
+        },
     }
     if query.explain and enc.gates is not None:
         out["explain"] = {"expert_usage": enc.gates}
@@ -391,8 +422,14 @@ class Linker:
     def from_config(cls, cfg, device: str | None = None) -> Linker:
         model_dir = serving_model_dir(cfg)
         device = device or pick_device(cfg.serve.num_gpus_per_replica)
-        return cls(MentionEncoder(model_dir, device, cfg.encoder.dtype), Retriever(cfg), Reranker(cfg, model_dir, device),
-                   cfg.serve.retrieve_k, nil_threshold(cfg.serve, model_dir), model_dir)
+        return cls(
+            MentionEncoder(model_dir, device, cfg.encoder.dtype),
+            Retriever(cfg),
+            Reranker(cfg, model_dir, device),
+            cfg.serve.retrieve_k,
+            nil_threshold(cfg.serve, model_dir),
+            model_dir,
+        )
 
     def link(self, queries: list[MentionQuery]) -> list[dict]:
         encoded = self.encoder.encode(queries)
@@ -401,7 +438,9 @@ class Linker:
             k = max(self.retrieve_k, q.top_k)
             retrieved += self.retriever.retrieve(e.vector[None, :], k, q.filter_expr)
         ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
-        return [assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)]
+        return [
+            assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)
+        ]
 
     # -- LinkBackend -----------------------------------------------------------------------------------------
     async def link_queries(self, queries: list[MentionQuery]) -> list[dict]:

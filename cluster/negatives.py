@@ -22,7 +22,9 @@ def pick_negatives(hit_ids: list[str], gold_id: str, pool: int, count: int, rng:
     return rng.sample(candidates, min(count, len(candidates)))
 
 
-def mine_hard_negatives(cfg, storage, model_dir: Path, train: pl.DataFrame, entity_rows: list[dict]) -> pl.DataFrame:
+def mine_hard_negatives(
+    cfg, storage, model_dir: Path, train: pl.DataFrame, entity_rows: list[dict]
+) -> pl.DataFrame:
     """`train` with a `hard_negative_ids` list column."""
     from cluster.eval_features import encode_entities, encode_mention_batches
     from cluster.eval_index import ensure_eval_index
@@ -43,7 +45,9 @@ def mine_hard_negatives(cfg, storage, model_dir: Path, train: pl.DataFrame, enti
             hits = store.search(vectors.numpy(), top_k=tc.hard_negative_pool + 1, collection=collection)
             for row, found in zip(rows[start : start + batch_size], hits):
                 ids = [h.entity_id for h in found]
-                picked.append(pick_negatives(ids, row["gold_entity_id"], tc.hard_negative_pool, tc.hard_negatives, rng))
+                picked.append(
+                    pick_negatives(ids, row["gold_entity_id"], tc.hard_negative_pool, tc.hard_negatives, rng)
+                )
     finally:
         store.close(release_file=True)
     print(f"[train] mined {sum(map(len, picked))} hard negatives for {len(rows)} mentions from {collection}")

@@ -37,7 +37,9 @@ class QuickstartResult:
             f"  linked {len(self.answers)} test mentions over HTTP, "
             f"{sum(a['correct'] for a in self.answers)} correct at rank 1",
             f"  model: {self.model_dir}",
-            "  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()) + f" (total {total:.0f}s)",
+            "  time: "
+            + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
+            + f" (total {total:.0f}s)",
         ]
         return "\n".join(lines)
 
@@ -105,10 +107,14 @@ def _print_answers(answers: list[dict]) -> None:
     for answer in answers:
         mark = "OK  " if answer["correct"] else "MISS"
         kind = "ambiguous name" if answer["ambiguous"] else "unique name"
-        print(f"[{mark}] {answer['mention']!r} ({kind}) | {answer['context'][:70]}... (gold {answer['gold']})")
+        print(
+            f"[{mark}] {answer['mention']!r} ({kind}) | {answer['context'][:70]}... (gold {answer['gold']})"
+        )
         for cand in answer["candidates"][:3]:
-            print(f"       {cand['rank']}. {cand['entity_id']:<10} {cand['score']:8.3f}  {cand['name']}: "
-                  f"{(cand.get('description') or '')[:60]}")
+            print(
+                f"       {cand['rank']}. {cand['entity_id']:<10} {cand['score']:8.3f}  {cand['name']}: "
+                f"{(cand.get('description') or '')[:60]}"
+            )
 
 
 def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:

@@ -27,7 +27,9 @@ class MentionIn(_Strict):
 
     mention: StrictStr = Field(min_length=1)
     context: StrictStr = ""
-    image: StrictStr | None = None  # base64 (optionally a data: URL) or a URI: s3://, http(s)://, a local path
+    image: StrictStr | None = (
+        None  # base64 (optionally a data: URL) or a URI: s3://, http(s)://, a local path
+    )
     top_k: StrictInt | None = Field(default=None, ge=1, le=100)  # None = serve.top_k
     filters: Filters | None = None
     explain: StrictBool = False  # add MoE gate weights and per-unit scores

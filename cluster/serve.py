@@ -173,10 +173,13 @@ def _scaling(serve_cfg, replicas_fixed: int | None = None) -> dict:
     if replicas_fixed is not None:
         return {"num_replicas": replicas_fixed}
     if serve_cfg.max_replicas > serve_cfg.num_replicas:
-        return {"autoscaling_config": {
-            "min_replicas": serve_cfg.num_replicas, "max_replicas": serve_cfg.max_replicas,
-            "target_ongoing_requests": max(2, serve_cfg.batch_max_size // 2),
-        }}
+        return {
+            "autoscaling_config": {
+                "min_replicas": serve_cfg.num_replicas,
+                "max_replicas": serve_cfg.max_replicas,
+                "target_ongoing_requests": max(2, serve_cfg.batch_max_size // 2),
+            }
+        }
     return {"num_replicas": serve_cfg.num_replicas}
 
 
@@ -190,13 +193,28 @@ def deployment_options(cfg: MELConfig) -> dict[str, dict]:
 
     lite = is_lite(milvus_uri(cfg))  # a Lite file has one owner process: one retriever replica
     return {
-        "LinkIngress": {**_scaling(s), "max_ongoing_requests": s.max_ongoing_requests, "ray_actor_options": cpu},
-        "MentionEncoder": {**_scaling(s), "max_ongoing_requests": s.max_ongoing_requests,
-                           "ray_actor_options": model, "user_config": batching},
-        "Retriever": {**_scaling(s, 1 if lite else None), "max_ongoing_requests": s.max_ongoing_requests,
-                      "ray_actor_options": cpu},
-        "Reranker": {**_scaling(s), "max_ongoing_requests": s.max_ongoing_requests,
-                     "ray_actor_options": model, "user_config": batching},
+        "LinkIngress": {
+            **_scaling(s),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": cpu,
+        },
+        "MentionEncoder": {
+            **_scaling(s),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": model,
+            "user_config": batching,
+        },
+        "Retriever": {
+            **_scaling(s, 1 if lite else None),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": cpu,
+        },
+        "Reranker": {
+            **_scaling(s),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": model,
+            "user_config": batching,
+        },
     }
 
 
@@ -223,7 +241,9 @@ class AppArgs(BaseModel):
 
 def _flatten(sections: dict) -> list[str]:
     """{'serve': {'port': 8000}} -> ['serve.port=8000'] (values as JSON, which YAML reads back unchanged)."""
-    return [f"{name}.{key}={json.dumps(value)}" for name, body in sections.items() for key, value in body.items()]
+    return [
+        f"{name}.{key}={json.dumps(value)}" for name, body in sections.items() for key, value in body.items()
+    ]
 
 
 def app_builder(args: AppArgs) -> Application:
@@ -240,13 +260,15 @@ def print_serve_config(cfg: MELConfig) -> str:
     doc = {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
-        "applications": [{
-            "name": APP_NAME,
-            "route_prefix": "/",
-            "import_path": "cluster.serve:app_builder",
-            "args": {"config": dataclasses.asdict(cfg)},
-            "deployments": deployments,
-        }],
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "cluster.serve:app_builder",
+                "args": {"config": dataclasses.asdict(cfg)},
+                "deployments": deployments,
+            }
+        ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -267,7 +289,9 @@ def _local_lite_server(cfg: MELConfig) -> MELConfig:
     Path(uri).parent.mkdir(parents=True, exist_ok=True)
     local = server_manager_instance.start_and_get_uri(uri)
     if local is None:
-        raise RuntimeError(f"cannot open Milvus Lite file {uri}: is another process (an index job?) using it?")
+        raise RuntimeError(
+            f"cannot open Milvus Lite file {uri}: is another process (an index job?) using it?"
+        )
     cfg = copy.deepcopy(cfg)
     cfg.milvus.uri = local
     return cfg

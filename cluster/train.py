@@ -111,7 +111,9 @@ def prepare_data(cfg, storage, model_dir: Path) -> dict:
     return {"train": train, "nil": nil, "dev_rows": dev.to_dicts(), "entity_rows": entities}
 
 
-def build_trainer(cfg, model_dir: Path, data: dict, storage_path: str, filesystem, loop_fn=None, extra: dict | None = None):
+def build_trainer(
+    cfg, model_dir: Path, data: dict, storage_path: str, filesystem, loop_fn=None, extra: dict | None = None
+):
     """TorchTrainer: N workers x cpus_per_worker (the V2 controller itself reserves no CPU).
 
     `loop_fn` / `extra` swap in another per-worker function and config keys (bench/bench_train.py).
@@ -144,7 +146,9 @@ def build_trainer(cfg, model_dir: Path, data: dict, storage_path: str, filesyste
         loop_fn or train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=CHECKPOINTS_DIR,
             storage_path=storage_path,
@@ -189,16 +193,23 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
     run_uri = storage.join("runs", cfg.train.run_name)
     if not resume:
         clear_dir(storage, storage.join("runs", cfg.train.run_name, CHECKPOINTS_DIR))
-    print(f"[train] {data['train'].height} train mentions, {len(data['dev_rows'])} dev, "
-          f"{len(data['entity_rows'])} entities; {cfg.train.num_workers} workers; run {run_uri}"
-          + (" (resuming)" if resume else ""))
+    print(
+        f"[train] {data['train'].height} train mentions, {len(data['dev_rows'])} dev, "
+        f"{len(data['entity_rows'])} entities; {cfg.train.num_workers} workers; run {run_uri}"
+        + (" (resuming)" if resume else "")
+    )
     storage_path, filesystem = checkpoint_storage(cfg, run_uri)
     result = build_trainer(cfg, model_dir, data, storage_path, filesystem).fit()
     best_uri = storage.join("runs", cfg.train.run_name, "best")
     history = export_best(result, storage, best_uri)
     train_result = TrainResult(
-        run_dir=run_uri, best_dir=best_uri, metrics=best_dev_metrics(history), history=history,
-        train_mentions=data["train"].height, skipped_nil=data["nil"], wall_s=time.monotonic() - start,
+        run_dir=run_uri,
+        best_dir=best_uri,
+        metrics=best_dev_metrics(history),
+        history=history,
+        train_mentions=data["train"].height,
+        skipped_nil=data["nil"],
+        wall_s=time.monotonic() - start,
     )
     write_training_reports(storage, run_uri, history)
     return train_result

@@ -13,7 +13,11 @@ import random
 import polars as pl
 
 DME_COLUMNS = ("mention_id", "desc")
-ENTITY_JOIN_COLUMNS = {"name": "entity_name", "description": "entity_description", "image_uris": "entity_images"}
+ENTITY_JOIN_COLUMNS = {
+    "name": "entity_name",
+    "description": "entity_description",
+    "image_uris": "entity_images",
+}
 
 
 def dme_uri(storage, kb_name: str) -> str:
@@ -30,7 +34,9 @@ def read_dme(storage, kb_name: str) -> dict[str, str]:
     return {m: d or "" for m, d in zip(frame["mention_id"].to_list(), frame["desc"].to_list())}
 
 
-def linked_mentions(storage, kb_name: str, split: str, dme: dict[str, str] | None = None) -> tuple[pl.DataFrame, int]:
+def linked_mentions(
+    storage, kb_name: str, split: str, dme: dict[str, str] | None = None
+) -> tuple[pl.DataFrame, int]:
     """Mentions of `split` with a gold entity in the KB, joined with that entity's rows; also the NIL count.
 
     NIL mentions (no gold, or a gold id missing from the KB) are skipped and counted, as in the paper's
@@ -62,7 +68,9 @@ def entity_rows(storage, kb_name: str) -> list[dict]:
     """Every KB entity as a dict (id, name, description, image_uris), in entity-table order."""
     from kb_builder.shards import read_entities
 
-    return read_entities(storage, kb_name, columns=["entity_id", "name", "description", "image_uris"]).to_dicts()
+    return read_entities(
+        storage, kb_name, columns=["entity_id", "name", "description", "image_uris"]
+    ).to_dicts()
 
 
 class BatchBuilder:
@@ -91,7 +99,10 @@ class BatchBuilder:
         """Mention text = mention [SEP] sentence [SEP] desc; desc is the DME choice (empty with DME off)."""
         from mmoe.texts import mention_text
 
-        texts = [mention_text(r["mention"], r.get("context") or "", (r.get("desc") or "") if use_dme else "") for r in rows]
+        texts = [
+            mention_text(r["mention"], r.get("context") or "", (r.get("desc") or "") if use_dme else "")
+            for r in rows
+        ]
         return self.processor(texts, [self._image(r.get("image_uri")) for r in rows])
 
     def entities(self, rows: list[dict]) -> dict:

@@ -38,7 +38,9 @@ def epoch_batches(shard, rows_per_worker: int, batch_size: int, seed: int, epoch
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
-def entity_side(batch: list[dict], entity_lookup: dict | None, hard_negatives: int) -> tuple[list[dict], list[str]]:
+def entity_side(
+    batch: list[dict], entity_lookup: dict | None, hard_negatives: int
+) -> tuple[list[dict], list[str]]:
     """The batch's gold entities (row i = mention i's gold) followed by its hard negatives."""
     rows = [gold_entity_row(r) for r in batch]
     if hard_negatives > 0 and entity_lookup:
@@ -86,14 +88,19 @@ class Trainer:
         model, self.processor = load_pretrained(config["model_dir"])
         model.train()  # load_pretrained returns eval mode
         self.model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": True}  # unrouted experts get no grad
+            model,
+            parallel_strategy_kwargs={"find_unused_parameters": True},  # unrouted experts get no grad
         )
-        self.builder = BatchBuilder(self.processor, ImageLoader.for_kb(self.cfg.encoder, self.cfg.storage, self.cfg.kb))
+        self.builder = BatchBuilder(
+            self.processor, ImageLoader.for_kb(self.cfg.encoder, self.cfg.storage, self.cfg.kb)
+        )
         self.optimizer = build_optimizer(self.model, self.cfg.train)
         self.steps_per_epoch = math.ceil(config["rows_per_worker"] / self.cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train, self.total_steps)
-        self.state = restore_checkpoint(ray.train.get_checkpoint(), self.model, self.optimizer, self.scheduler)
+        self.state = restore_checkpoint(
+            ray.train.get_checkpoint(), self.model, self.optimizer, self.scheduler
+        )
         self.shard = ray.train.get_dataset_shard("train")
         self.entity_lookup = config["entity_lookup"] if self.cfg.train.hard_negatives > 0 else None
         use_bf16 = self.device.type == "cuda" and self.cfg.train.mixed_precision
@@ -147,7 +154,9 @@ class Trainer:
             )
             self.state.dev.append({"epoch": epoch + 1, "step": self.state.step, **metrics})
             mrr[0] = metrics["mrr"]
-            print(f"[train] dev epoch {epoch + 1}: hits@1 {metrics.get('hits@1', 0):.3f} mrr {metrics['mrr']:.3f}")
+            print(
+                f"[train] dev epoch {epoch + 1}: hits@1 {metrics.get('hits@1', 0):.3f} mrr {metrics['mrr']:.3f}"
+            )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(mrr, src=0)
         return float(mrr[0])
@@ -171,15 +180,23 @@ class Trainer:
                 self.state.step += 1
                 self.state.losses.append([self.state.step, loss])
                 maybe_inject_failure(self.config, self.rank, self.world, self.state.step)
-                if self.rank == 0 and (self.state.step % log_every == 0 or self.state.step == self.total_steps):
+                if self.rank == 0 and (
+                    self.state.step % log_every == 0 or self.state.step == self.total_steps
+                ):
                     elapsed = time.monotonic() - start
                     per_step = elapsed / max(1, self.state.step - done_at_start)
                     rate = len(batch) * self.world / per_step
-                    print(f"[train] epoch {epoch + 1}/{tc.epochs} step {self.state.step}/{self.total_steps} "
-                          f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s "
-                          f"ETA {_fmt_s(per_step * (self.total_steps - self.state.step))}")
+                    print(
+                        f"[train] epoch {epoch + 1}/{tc.epochs} step {self.state.step}/{self.total_steps} "
+                        f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s "
+                        f"ETA {_fmt_s(per_step * (self.total_steps - self.state.step))}"
+                    )
                 mid_epoch = self.state.step % self.steps_per_epoch != 0
-                if mid_epoch and tc.checkpoint_every_steps and self.state.step % tc.checkpoint_every_steps == 0:
+                if (
+                    mid_epoch
+                    and tc.checkpoint_every_steps
+                    and self.state.step % tc.checkpoint_every_steps == 0
+                ):
                     self.report({"loss": loss}, with_checkpoint=True)
             self.state.epoch = epoch + 1
             metrics = {"loss": self.state.losses[-1][1] if self.state.losses else float("nan")}

@@ -23,8 +23,12 @@ GENERATOR_VERSION = 2  # bump when sample_kb's output changes, so stored sources
 def ensure_sample_sources(kb: KBConfig, storage: Storage) -> str:
     """The URI of the sample source folder, generating its files when missing or of other parameters."""
     src = storage.join("sample_src")
-    meta = {"n_entities": kb.sample_entities, "n_mentions": kb.sample_mentions, "seed": SAMPLE_SEED,
-            "generator": GENERATOR_VERSION}
+    meta = {
+        "n_entities": kb.sample_entities,
+        "n_mentions": kb.sample_mentions,
+        "seed": SAMPLE_SEED,
+        "generator": GENERATOR_VERSION,
+    }
     meta_uri = f"{src}/{META_FILE}"
     if storage.exists(meta_uri) and json.loads(storage.read_bytes(meta_uri)) == meta:
         return src

@@ -34,9 +34,13 @@ class MMoEConfig:
     num_experts: int = 4  # experts per switch MoE
     top_k: int = 3  # experts kept per token: WikiMEL 3, RichpediaMEL 4, WikiDiverse 2
     expert_hidden_mult: int = 4  # each expert: Linear(dim -> 4 dim) -> GELU -> Linear(4 dim -> out)
-    gate: str = "token"  # "token" (per-token softmax gate, ours) | "reference" (official gate, reproduction aid)
+    gate: str = (
+        "token"  # "token" (per-token softmax gate, ours) | "reference" (official gate, reproduction aid)
+    )
     aux_loss_weight: float = 0.0  # Switch load-balancing loss weight; 0 as in the paper
     capacity_factor: float | None = None  # None: no token dropping, keeps scores batch-independent
     text_max_tokens: int = 50  # must equal the vision token count (ViT-B/32 at 224: 49 patches + CLS)
-    loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # total, text, image, cross
+    loss_weights: list[float] = field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0]
+    )  # total, text, image, cross
     dropout: float = 0.0

@@ -17,13 +17,19 @@ class EncoderConfig:
     num_actors: int = 1
     num_gpus_per_actor: float = 0.0  # 0 = CPU; 0.25 puts four actors on one GPU
     num_cpus_per_actor: float = 1.0
-    resources_per_actor: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {accelerator: 1}
-    actor_start_timeout_s: float = 600.0  # fail clearly when no node can hold an encoder actor (autoscaling waits)
+    resources_per_actor: dict[str, float] = field(
+        default_factory=dict
+    )  # custom Ray resources, e.g. {accelerator: 1}
+    actor_start_timeout_s: float = (
+        600.0  # fail clearly when no node can hold an encoder actor (autoscaling waits)
+    )
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     image_timeout_s: float = 10.0
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000  # decompression-bomb guard
-    allowed_image_roots: list[str] = field(default_factory=list)  # local roots images may come from; [] = KB dir
+    allowed_image_roots: list[str] = field(
+        default_factory=list
+    )  # local roots images may come from; [] = KB dir
     cache_dtype: str = "fp16"  # rerank feature cache on disk: fp16 (about 19 KB/entity at ViT-B/32) | fp32
     max_actor_restarts: int = 3  # a crashed encoder actor is restarted and its batches retried this often
     batches_in_flight: int = 2  # per encoder actor: keeps it busy while the CPU stage loads the next batch
@@ -37,7 +43,9 @@ class MilvusConfig:
     token: str = ""
     collection: str = "mel_entities"  # the alias serving reads; builds go to versioned collections
     index_type: str = "FLAT"  # FLAT | IVF_FLAT | HNSW | AUTOINDEX
-    index_params: dict[str, int] = field(default_factory=dict)  # e.g. {nlist: 1024} or {M: 16, efConstruction: 200}
+    index_params: dict[str, int] = field(
+        default_factory=dict
+    )  # e.g. {nlist: 1024} or {M: 16, efConstruction: 200}
     search_params: dict[str, int] = field(default_factory=dict)  # e.g. {nprobe: 16} or {ef: 128}
     metric: str = "IP"  # the MMoE score is an inner product (reference section 2)
     consistency_level: str = "Strong"

@@ -32,7 +32,9 @@ class PreparedBatch:
     ids: list[str]
     names: list[str]
     content_hashes: list[str]
-    inputs: dict[str, np.ndarray]  # processor output: input_ids [B,L], attention_mask [B,L], pixel_values, image_mask
+    inputs: dict[
+        str, np.ndarray
+    ]  # processor output: input_ids [B,L], attention_mask [B,L], pixel_values, image_mask
     image_errors: list[str] = field(default_factory=list)
 
 
@@ -107,8 +109,13 @@ def _to_float32(obj):
 class EntityEncoder:
     """Loads the model once on one device; encodes prepared batches, entity rows or mention rows."""
 
-    def __init__(self, model_dir: str | Path, encoder_cfg: EncoderConfig, device: str | None = None,
-                 loader: ImageLoader | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        encoder_cfg: EncoderConfig,
+        device: str | None = None,
+        loader: ImageLoader | None = None,
+    ):
         self.cfg = encoder_cfg
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(encoder_cfg.dtype, self.device)
@@ -129,7 +136,9 @@ class EntityEncoder:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _encode_inputs(self, inputs: dict[str, np.ndarray]):
-        batch = {k: torch.from_numpy(np.asarray(v)).to(self.device, non_blocking=True) for k, v in inputs.items()}
+        batch = {
+            k: torch.from_numpy(np.asarray(v)).to(self.device, non_blocking=True) for k, v in inputs.items()
+        }
         with torch.inference_mode(), self._autocast():
             f = self.model.encode(batch)
             vectors = self.model.retrieval_vectors(f).float()  # [B,D]
@@ -153,7 +162,9 @@ class EntityEncoder:
                     keep.append(i)
                 except Exception as exc:
                     failed.append(f"{prep.ids[i]}: {type(exc).__name__}: {exc}")
-            vectors = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.retrieval_dim), "f4")
+            vectors = (
+                np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.retrieval_dim), "f4")
+            )
             cache = {k: np.concatenate([p[1][k] for p in parts]) for k in (parts[0][1] if parts else {})}
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():  # a NaN vector would poison inner-product search; drop the row and say why
@@ -183,7 +194,9 @@ class EntityEncoder:
 
     def encode_mentions(self, rows: list[dict]):
         """Mention rows (mention, context, image_uri or `image`, optional desc) -> (SideFeatures, vectors [B,D])."""
-        texts = [mention_text(r.get("mention") or "", r.get("context") or "", r.get("desc") or "") for r in rows]
+        texts = [
+            mention_text(r.get("mention") or "", r.get("context") or "", r.get("desc") or "") for r in rows
+        ]
         images = []
         for row in rows:
             if "image" in row:

@@ -22,8 +22,16 @@ from safetensors.numpy import save as save_safetensors
 
 from kb_builder.storage import Storage
 
-DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-          "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8}
+DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I8": np.int8,
+}
 SUFFIX = ".safetensors"
 
 
@@ -80,7 +88,9 @@ class FeatureCache:
                 arr = (arr.float() if arr.dtype == torch.bfloat16 else arr).numpy()
             arr = np.ascontiguousarray(arr)
             if arr.shape[:1] != (len(ids),):
-                raise ValueError(f"feature {key!r} has {arr.shape[0]} rows for {len(ids)} ids in shard {name!r}")
+                raise ValueError(
+                    f"feature {key!r} has {arr.shape[0]} rows for {len(ids)} ids in shard {name!r}"
+                )
             clean[key] = arr
         meta = {"ids": json.dumps([str(i) for i in ids]), "deleted": json.dumps(list(deleted or []))}
         uri = self.uri(name)
@@ -104,7 +114,9 @@ class FeatureCache:
         for name in self.shard_names():
             path = self.storage.local_path(self.uri(name))
             meta = _read_header(path)[0].get("__metadata__", {})
-            shard = _Shard(str(path), json.loads(meta.get("ids", "[]")), json.loads(meta.get("deleted", "[]")))
+            shard = _Shard(
+                str(path), json.loads(meta.get("ids", "[]")), json.loads(meta.get("deleted", "[]"))
+            )
             self._shards[name] = shard
             for eid in shard.deleted:
                 self._index.pop(eid, None)

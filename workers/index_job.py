@@ -105,10 +105,13 @@ def allowed_image_roots(storage: Storage, kb_cfg: KBConfig) -> list[str]:
 
 
 def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities) -> None:
-    store.upsert(collection, [
-        {"entity_id": i, "vector": v, "name": n, "has_image": bool(h), "content_hash": c}
-        for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
-    ])
+    store.upsert(
+        collection,
+        [
+            {"entity_id": i, "vector": v, "name": n, "has_image": bool(h), "content_hash": c}
+            for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
+        ],
+    )
 
 
 def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage):
@@ -119,9 +122,18 @@ def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage):
             yield (name, index), rows[start : start + batch_size]
 
 
-def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: EncoderConfig, milvus_cfg: MilvusConfig,
-              milvus_uri: str, model_dir: str | Path, mode: str = "full", progress: bool = True,
-              limit_shards: int | None = None, crash_marker: str = "") -> IndexReport:
+def run_index(
+    storage_cfg: StorageConfig,
+    kb_cfg: KBConfig,
+    encoder_cfg: EncoderConfig,
+    milvus_cfg: MilvusConfig,
+    milvus_uri: str,
+    model_dir: str | Path,
+    mode: str = "full",
+    progress: bool = True,
+    limit_shards: int | None = None,
+    crash_marker: str = "",
+) -> IndexReport:
     """Index the KB (Ray must be initialised). `limit_shards` stops after that many new shards (staged runs);
     `crash_marker` is the tests' fault-injection hook (see EncoderWorker)."""
     if mode not in ("full", "incremental"):
@@ -138,15 +150,20 @@ def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: Encoder
             raise LookupError(f"no collection behind alias {milvus_cfg.collection!r}: run a full index first")
         store.check_dim(collection, dim)
         if not collection.endswith(model_hash[:8]):
-            raise ValueError(f"collection {collection!r} was built with another model than {model_dir}: "
-                             "run a full index (it builds a new collection)")
+            raise ValueError(
+                f"collection {collection!r} was built with another model than {model_dir}: "
+                "run a full index (it builds a new collection)"
+            )
     else:
         collection = versioned_name(milvus_cfg.collection, f"{manifest['kb_version'][:12]}_{model_hash[:8]}")
-    report = IndexReport(mode, collection, milvus_cfg.collection, device="none (nothing to encode)",
-                         model_dir=str(model_dir))
+    report = IndexReport(
+        mode, collection, milvus_cfg.collection, device="none (nothing to encode)", model_dir=str(model_dir)
+    )
     progress_file = ProgressFile(storage, collection)
     if mode == "full" and not store.exists(collection) and progress_file.state["shards"]:
-        progress_file.save(shards={}, complete=False)  # the collection was dropped since: its progress is void
+        progress_file.save(
+            shards={}, complete=False
+        )  # the collection was dropped since: its progress is void
     cache = FeatureCache(storage, collection)
 
     # 1. what to encode: pending full shards (name, uri, rows), or the diff's added + changed rows
@@ -166,9 +183,15 @@ def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: Encoder
         diff = read_diff(storage, kb_cfg.name)
         wanted = set(diff.get("added", [])) | set(diff.get("changed", []))
         stamp = "".join(ch for ch in manifest["build_time"] if ch.isdigit())[:14]
-        delta = f"delta-{stamp}-{manifest['kb_version'][:8]}"  # same KB build, same file: re-runs overwrite it
-        rows = [r for u in entity_shard_uris(storage, kb_cfg.name) for r in read_shard(storage, u).to_dicts()
-                if r["entity_id"] in wanted]
+        delta = (
+            f"delta-{stamp}-{manifest['kb_version'][:8]}"  # same KB build, same file: re-runs overwrite it
+        )
+        rows = [
+            r
+            for u in entity_shard_uris(storage, kb_cfg.name)
+            for r in read_shard(storage, u).to_dicts()
+            if r["entity_id"] in wanted
+        ]
         work, sizes, deleted = [(delta, rows)], {delta: len(rows)}, list(diff.get("deleted", []))
         report.shards = 1
 
@@ -177,7 +200,9 @@ def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: Encoder
     expected = {name: -(-size // encoder_cfg.batch_size) for name, size in sizes.items()}
     results: dict[str, dict[int, EncodedEntities]] = {name: {} for name in sizes}
     if any(sizes.values()):
-        pool = EncodingPool(model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker)
+        pool = EncodingPool(
+            model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker
+        )
         report.device = pool.device
         try:
             for res in pool.run(_batches(work, encoder_cfg.batch_size, storage)):
@@ -188,8 +213,9 @@ def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: Encoder
                 results[name][index] = res.encoded
                 meter.update(len(res.encoded.ids) + len(res.encoded.failed))
                 if len(results[name]) == expected[name]:
-                    _finish_shard(name, results.pop(name), store, collection, cache, progress_file, report, dim,
-                                  deleted)
+                    _finish_shard(
+                        name, results.pop(name), store, collection, cache, progress_file, report, dim, deleted
+                    )
         finally:
             pool.close()
     for name in list(results):  # shards without rows (an incremental run that only deletes)
@@ -204,7 +230,9 @@ def run_index(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: Encoder
         dropped = store.swap_alias(collection)
         report.swapped = before != collection
         if dropped:  # the old collection is gone: so are its progress and rerank features
-            for uri in storage.list(storage.join("index", dropped)) + storage.list(storage.join("features", dropped)):
+            for uri in storage.list(storage.join("index", dropped)) + storage.list(
+                storage.join("features", dropped)
+            ):
                 storage.delete(uri)
     report.elapsed_s = time.perf_counter() - started
     store.close()
@@ -217,9 +245,16 @@ def _finish_shard(name, parts, store, collection, cache, progress_file, report, 
     if bad:  # Milvus would reject the whole upsert: drop these rows and name them
         enc.failed += [f"{enc.ids[k][:80]}...: entity_id longer than {ID_MAX_BYTES} bytes" for k in bad]
         keep = np.setdiff1d(np.arange(len(enc.ids)), bad)
-        enc = EncodedEntities([enc.ids[k] for k in keep], enc.vectors[keep], {k: v[keep] for k, v in enc.cache.items()},
-                              enc.has_image[keep], enc.image_errors, [enc.names[k] for k in keep],
-                              [enc.content_hashes[k] for k in keep], enc.failed)
+        enc = EncodedEntities(
+            [enc.ids[k] for k in keep],
+            enc.vectors[keep],
+            {k: v[keep] for k, v in enc.cache.items()},
+            enc.has_image[keep],
+            enc.image_errors,
+            [enc.names[k] for k in keep],
+            [enc.content_hashes[k] for k in keep],
+            enc.failed,
+        )
     write_batch(store, collection, enc)
     store.delete(collection, deleted)
     store.flush(collection)
@@ -230,5 +265,11 @@ def _finish_shard(name, parts, store, collection, cache, progress_file, report, 
     report.deleted += len(deleted)
     report.image_errors += enc.image_errors
     report.failures += enc.failed
-    progress_file.mark(name, rows=len(enc.ids), text_only=text_only, image_errors=len(enc.image_errors),
-                       failed=len(enc.failed), deleted=len(deleted))
+    progress_file.mark(
+        name,
+        rows=len(enc.ids),
+        text_only=text_only,
+        image_errors=len(enc.image_errors),
+        failed=len(enc.failed),
+        deleted=len(deleted),
+    )

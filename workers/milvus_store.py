@@ -108,8 +108,11 @@ class MilvusStore:
         index_type = self.cfg.index_type.upper()
         params = dict(self.cfg.index_params)
         if is_lite(self.uri) and index_type not in lite_index_types():
-            log.warning("Milvus Lite cannot build %s here (supported: %s); using FLAT", index_type,
-                        sorted(lite_index_types()))
+            log.warning(
+                "Milvus Lite cannot build %s here (supported: %s); using FLAT",
+                index_type,
+                sorted(lite_index_types()),
+            )
             return "FLAT", {}
         return index_type, params
 
@@ -137,7 +140,9 @@ class MilvusStore:
         schema.add_field("content_hash", DataType.VARCHAR, max_length=HASH_MAX_BYTES)
         index_type, params = self.index_spec()
         index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type=index_type, metric_type=self.cfg.metric, params=params)
+        index.add_index(
+            field_name="vector", index_type=index_type, metric_type=self.cfg.metric, params=params
+        )
         self.client.create_collection(
             name, schema=schema, index_params=index, consistency_level=self.cfg.consistency_level
         )
@@ -177,13 +182,15 @@ class MilvusStore:
                 )
             if not np.isfinite(vector).all():
                 raise ValueError(f"entity {eid!r}: vector has NaN/inf values")
-            clean.append({
-                "entity_id": eid,
-                "vector": vector.tolist(),
-                "name": clip_utf8(str(row.get("name", "")), NAME_MAX_BYTES),
-                "has_image": bool(row.get("has_image", False)),
-                "content_hash": clip_utf8(str(row.get("content_hash", "")), HASH_MAX_BYTES),
-            })
+            clean.append(
+                {
+                    "entity_id": eid,
+                    "vector": vector.tolist(),
+                    "name": clip_utf8(str(row.get("name", "")), NAME_MAX_BYTES),
+                    "has_image": bool(row.get("has_image", False)),
+                    "content_hash": clip_utf8(str(row.get("content_hash", "")), HASH_MAX_BYTES),
+                }
+            )
         step = max(1, self.cfg.insert_batch_size)
         for start in range(0, len(clean), step):
             self.client.upsert(name, clean[start : start + step])
@@ -209,7 +216,9 @@ class MilvusStore:
         if not ids:
             return []
         fields = OUTPUT_FIELDS + (["vector"] if with_vectors else [])
-        rows = self.client.get(self._ready(collection or self.alias), ids=[str(i) for i in ids], output_fields=fields)
+        rows = self.client.get(
+            self._ready(collection or self.alias), ids=[str(i) for i in ids], output_fields=fields
+        )
         by_id = {r["entity_id"]: dict(r) for r in rows}
         return [by_id[str(i)] for i in ids if str(i) in by_id]
 
@@ -232,7 +241,9 @@ class MilvusStore:
             search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
             consistency_level=self.cfg.consistency_level,
         )
-        return [[Hit(h["entity_id"], float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res]
+        return [
+            [Hit(h["entity_id"], float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res
+        ]
 
     # -- alias ----------------------------------------------------------------------------------------------
     def current_collection(self) -> str | None:

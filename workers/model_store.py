@@ -66,13 +66,17 @@ def kb_corpus(storage: Storage, kb_name: str) -> list[str]:
     return corpus
 
 
-def build_init(storage: Storage, kb_cfg: KBConfig, encoder_cfg: EncoderConfig, mmoe_cfg: MMoEConfig, out: Path):
+def build_init(
+    storage: Storage, kb_cfg: KBConfig, encoder_cfg: EncoderConfig, mmoe_cfg: MMoEConfig, out: Path
+):
     """Write the untrained model to `out` (local)."""
     from mmoe.pretrained import build_from_clip, build_tiny_model, save_pretrained
 
     source = encoder_cfg.checkpoint
     if source == "tiny":
-        model, processor = build_tiny_model(encoder_cfg.tiny, mmoe_cfg, kb_corpus(storage, kb_cfg.name), INIT_SEED)
+        model, processor = build_tiny_model(
+            encoder_cfg.tiny, mmoe_cfg, kb_corpus(storage, kb_cfg.name), INIT_SEED
+        )
     else:
         src = stage_dir(storage, source)
         if is_mmoe_dir(src):
@@ -82,8 +86,13 @@ def build_init(storage: Storage, kb_cfg: KBConfig, encoder_cfg: EncoderConfig, m
     save_pretrained(out, model, processor)
 
 
-def resolve_model_dir(storage_cfg: StorageConfig, kb_cfg: KBConfig, encoder_cfg: EncoderConfig,
-                      mmoe_cfg: MMoEConfig, checkpoint: str = "") -> Path:
+def resolve_model_dir(
+    storage_cfg: StorageConfig,
+    kb_cfg: KBConfig,
+    encoder_cfg: EncoderConfig,
+    mmoe_cfg: MMoEConfig,
+    checkpoint: str = "",
+) -> Path:
     """A local MMoE folder: `checkpoint` (staged from s3://), else `<root>/models/init` (built once)."""
     storage = Storage(storage_cfg)
     if checkpoint:

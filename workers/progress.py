@@ -43,8 +43,10 @@ class Progress:
         rate = self.rate
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.label}/s "
-                f"elapsed {format_eta(self.elapsed_s)} ETA {format_eta(eta)}")
+        return (
+            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.label}/s "
+            f"elapsed {format_eta(self.elapsed_s)} ETA {format_eta(eta)}"
+        )
 
     def update(self, n: int) -> None:
         self.done += int(n)

@@ -25,14 +25,21 @@ MAX_SUBMITS = 4  # a batch is given to an actor at most this often before its ro
 _CPU_STAGE: dict[str, tuple] = {}  # per worker process: model_dir -> (processor, loader), loaded once
 
 
-def prepare_batch_task(rows: list[dict], model_dir: str, encoder_cfg: EncoderConfig, storage_cfg: StorageConfig,
-                       allowed_roots: list[str]) -> PreparedBatch:
+def prepare_batch_task(
+    rows: list[dict],
+    model_dir: str,
+    encoder_cfg: EncoderConfig,
+    storage_cfg: StorageConfig,
+    allowed_roots: list[str],
+) -> PreparedBatch:
     """CPU stage, run as a Ray task: reuse the processor/loader of this worker process across batches."""
     from mmoe.processor import MMoEProcessor
 
     if model_dir not in _CPU_STAGE:
-        _CPU_STAGE[model_dir] = (MMoEProcessor.from_pretrained(model_dir),
-                                 ImageLoader(encoder_cfg, storage_cfg, allowed_roots))
+        _CPU_STAGE[model_dir] = (
+            MMoEProcessor.from_pretrained(model_dir),
+            ImageLoader(encoder_cfg, storage_cfg, allowed_roots),
+        )
     processor, loader = _CPU_STAGE[model_dir]
     return prepare_entities(rows, processor, loader)
 
@@ -68,8 +75,14 @@ class BatchResult:
 class EncodingPool:
     """A fixed set of encoder actors fed by CPU prepare tasks; `run(batches)` yields results as they finish."""
 
-    def __init__(self, model_dir: str | Path, encoder_cfg: EncoderConfig, storage_cfg: StorageConfig,
-                 allowed_roots: list[str], crash_marker: str = ""):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        encoder_cfg: EncoderConfig,
+        storage_cfg: StorageConfig,
+        allowed_roots: list[str],
+        crash_marker: str = "",
+    ):
         import ray
 
         self.ray = ray
@@ -81,12 +94,16 @@ class EncodingPool:
         self.actor_cls = ray.remote(
             num_cpus=encoder_cfg.num_cpus_per_actor,
             num_gpus=encoder_cfg.num_gpus_per_actor,
-            resources=dict(encoder_cfg.resources_per_actor) or None,  # e.g. {accelerator: 0.5} for a node type
+            resources=dict(encoder_cfg.resources_per_actor)
+            or None,  # e.g. {accelerator: 0.5} for a node type
             max_restarts=encoder_cfg.max_actor_restarts,
             max_task_retries=encoder_cfg.max_actor_restarts,
         )(EncoderWorker)
         # Sized from what is free now (a Serve app or another job may hold CPUs), not from the cluster total.
-        free_cpus = ray.available_resources().get("CPU", 0.0) - encoder_cfg.num_actors * encoder_cfg.num_cpus_per_actor
+        free_cpus = (
+            ray.available_resources().get("CPU", 0.0)
+            - encoder_cfg.num_actors * encoder_cfg.num_cpus_per_actor
+        )
         # With every CPU held by actors, a 1-CPU task could never start; run the CPU stage unreserved instead.
         self.prepare = ray.remote(num_cpus=1.0 if free_cpus >= 1 else 0, max_retries=3)(prepare_batch_task)
         self.actors = [self._new_actor() for _ in range(max(1, encoder_cfg.num_actors))]
@@ -100,8 +117,11 @@ class EncodingPool:
         try:
             return ray.get(self.actors[0].device_name.remote(), timeout=encoder_cfg.actor_start_timeout_s)
         except GetTimeoutError:
-            need = {"CPU": encoder_cfg.num_cpus_per_actor, "GPU": encoder_cfg.num_gpus_per_actor,
-                    **encoder_cfg.resources_per_actor}
+            need = {
+                "CPU": encoder_cfg.num_cpus_per_actor,
+                "GPU": encoder_cfg.num_gpus_per_actor,
+                **encoder_cfg.resources_per_actor,
+            }
             raise RuntimeError(
                 f"no encoder actor started within {encoder_cfg.actor_start_timeout_s:.0f}s: each needs {need}, "
                 f"the cluster has {ray.available_resources()} free of {ray.cluster_resources()}. Free resources "
@@ -133,7 +153,9 @@ class EncodingPool:
                     exhausted = True
                     break
                 key, rows = item
-                prep_ref = self.prepare.remote(rows, self.model_dir, self.cfg, self.storage_cfg, self.allowed_roots)
+                prep_ref = self.prepare.remote(
+                    rows, self.model_dir, self.cfg, self.storage_cfg, self.allowed_roots
+                )
                 submit(key, prep_ref, [str(r["entity_id"]) for r in rows], 0)
             if not pending:
                 break

@@ -80,7 +80,11 @@ def ray_launcher(cfg) -> dict:
         "provider": {"type": "aws", "region": cfg.storage.s3_region or "us-east-1"},
         "docker": {"image": IMAGE, "container_name": "ray", "run_options": ["--gpus all"]},
         "available_node_types": {
-            "head": {"node_config": {"InstanceType": "m6i.2xlarge"}, "resources": {"CPU": 0}, "max_workers": 0},
+            "head": {
+                "node_config": {"InstanceType": "m6i.2xlarge"},
+                "resources": {"CPU": 0},
+                "max_workers": 0,
+            },
             "gpu_worker": {
                 "node_config": {"InstanceType": "g5.2xlarge"},
                 "resources": {},
@@ -137,7 +141,10 @@ def rayservice(cfg) -> dict:
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": "mel-serve"},
-        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False), "rayClusterConfig": _cluster_spec(cfg)},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+            "rayClusterConfig": _cluster_spec(cfg),
+        },
     }
 
 

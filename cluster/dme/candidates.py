@@ -35,7 +35,12 @@ class NameIndex:
     def __init__(self, entities: pl.DataFrame):
         ids = entities["entity_id"].to_list()
         self._info: dict[str, tuple[str, str]] = dict(
-            zip(ids, zip(entities["name"].fill_null("").to_list(), entities["description"].fill_null("").to_list()))
+            zip(
+                ids,
+                zip(
+                    entities["name"].fill_null("").to_list(), entities["description"].fill_null("").to_list()
+                ),
+            )
         )
         aliases = (
             entities.select("entity_id", pl.col("aliases").fill_null(pl.lit([], dtype=pl.List(pl.String))))
@@ -68,7 +73,9 @@ class NameIndex:
 class CandidateFinder:
     """Name/alias matches first (in entity-table order), then ANN hits in rank order; unique, capped."""
 
-    def __init__(self, index: NameIndex, top_n: int, max_candidates: int, ann_search: AnnSearch | None = None):
+    def __init__(
+        self, index: NameIndex, top_n: int, max_candidates: int, ann_search: AnnSearch | None = None
+    ):
         self.index = index
         self.top_n = top_n
         self.max_candidates = max_candidates

@@ -66,4 +66,6 @@ class OnlineDME:
         vectors = None if vector is None else vector.reshape(1, -1)
         candidates = self.finder.find([mention], vectors)[0]
         spent_ms = (time.monotonic() - start) * 1000.0
-        return enhance_mention(mention, context, candidates, self.selector, max(self.budget_ms - spent_ms, 0.0))
+        return enhance_mention(
+            mention, context, candidates, self.selector, max(self.budget_ms - spent_ms, 0.0)
+        )

@@ -20,7 +20,9 @@ from cluster.dme.selectors import DMECounters, check_dme_config
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 60.0  # a killed run loses at most this much work
-MAX_BATCHES_IN_FLIGHT_PER_ACTOR = 2  # default: one running, one queued, so actors never idle and memory is bounded
+MAX_BATCHES_IN_FLIGHT_PER_ACTOR = (
+    2  # default: one running, one queued, so actors never idle and memory is bounded
+)
 
 
 @dataclass
@@ -43,7 +45,11 @@ class DMEReport:
     def _candidates_line(self) -> str:
         if self.selector == "none" or not self.recomputed:
             return "not looked up"
-        return "name/alias matches + ANN top-N" if self.ann else "name/alias matches only (no Milvus index found)"
+        return (
+            "name/alias matches + ANN top-N"
+            if self.ann
+            else "name/alias matches only (no Milvus index found)"
+        )
 
     def summary(self) -> str:
         c = self.counters.as_dict()

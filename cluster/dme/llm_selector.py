@@ -34,7 +34,9 @@ class LLMClient:
 
     def __init__(self, llm_cfg):
         if not llm_cfg.url:
-            raise ValueError("dme.selector=llm needs dme.llm.url (an OpenAI-compatible base URL, e.g. .../v1)")
+            raise ValueError(
+                "dme.selector=llm needs dme.llm.url (an OpenAI-compatible base URL, e.g. .../v1)"
+            )
         self.cfg = llm_cfg
         self.endpoint = llm_cfg.url.rstrip("/") + "/chat/completions"
         api_key = os.environ.get(llm_cfg.api_key_env, "") if llm_cfg.api_key_env else ""
@@ -50,7 +52,9 @@ class LLMClient:
                 if timeout_s <= 0:
                     raise LLMError("budget")
             try:
-                response = await client.post(self.endpoint, json=body, headers=self.headers, timeout=timeout_s)
+                response = await client.post(
+                    self.endpoint, json=body, headers=self.headers, timeout=timeout_s
+                )
             except httpx.TimeoutException:
                 reason = "budget" if timeout_s < self.cfg.timeout_s else "timeout"
             except httpx.TransportError:
@@ -109,7 +113,9 @@ class LLMSelector(Selector):
             return Selection(None, "", NO_CANDIDATES)
         async with semaphore:
             try:
-                answer = await self.client.complete(client, build_messages(mention, context, candidates), deadline)
+                answer = await self.client.complete(
+                    client, build_messages(mention, context, candidates), deadline
+                )
                 number = parse_answer(answer, len(candidates))
             except (LLMError, AnswerError) as err:
                 return err.reason

@@ -56,7 +56,10 @@ def build_messages(mention: str, context: str, candidates: list[Candidate]) -> l
     """Chat-completions messages (system + user) for one mention and its numbered candidates."""
     numbered = "\n".join(candidate_line(i + 1, c) for i, c in enumerate(candidates))
     user = USER_TEMPLATE.format(
-        mention=_one_line(mention, 300), context=_one_line(context, 2000), numbered=numbered, n=len(candidates)
+        mention=_one_line(mention, 300),
+        context=_one_line(context, 2000),
+        numbered=numbered,
+        n=len(candidates),
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

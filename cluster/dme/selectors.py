@@ -70,7 +70,9 @@ class DMECounters:
 
     @property
     def total(self) -> int:
-        return self.selected + self.no_match + self.no_candidates + self.disabled + sum(self.fell_back.values())
+        return (
+            self.selected + self.no_match + self.no_candidates + self.disabled + sum(self.fell_back.values())
+        )
 
     def as_dict(self) -> dict:
         return {

@@ -45,14 +45,18 @@ class DMEWorker:
             self.selector = make_selector(cfg.dme, *_model_and_processor(self.encoder, model_dir))
             if milvus_uri and cfg.dme.candidates_top_n > 0:
                 ann_search = _open_ann(cfg.milvus, milvus_uri)
-        self.finder = CandidateFinder(self.index, cfg.dme.candidates_top_n, cfg.dme.max_candidates, ann_search)
+        self.finder = CandidateFinder(
+            self.index, cfg.dme.candidates_top_n, cfg.dme.max_candidates, ann_search
+        )
 
     def process(self, rows: list[dict]) -> tuple[list[dict], DMECounters, bool]:
         self.selector.counters = DMECounters()  # per batch: the driver adds them up
         vectors = None
         if self.encoder is not None and self.finder.ann_search is not None:
             _, vectors = self.encoder.encode_mentions(rows)
-            vectors = np.asarray(vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, np.float32)
+            vectors = np.asarray(
+                vectors.detach().cpu() if hasattr(vectors, "detach") else vectors, np.float32
+            )
         if self.dme.selector == "none":
             candidates = [[] for _ in rows]  # DME off: no need to look anything up
         else:
@@ -90,7 +94,9 @@ def _open_ann(milvus_cfg, uri: str):
     store = MilvusStore(milvus_cfg, uri)
     collection = store.current_collection()
     if collection is None:
-        log.warning("DME: no Milvus collection behind alias %s: candidates from names only", milvus_cfg.collection)
+        log.warning(
+            "DME: no Milvus collection behind alias %s: candidates from names only", milvus_cfg.collection
+        )
         store.close()
         return None
     # A collection reopened from a Lite file (or released on a server) answers searches only once loaded.

@@ -20,7 +20,9 @@ def test_repository_config_loads_with_every_section():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(overrides=["train.epochs=7", "milvus.index_params={nlist: 16}", "serve.nil_threshold=0.5"])
+    cfg = load_config(
+        overrides=["train.epochs=7", "milvus.index_params={nlist: 16}", "serve.nil_threshold=0.5"]
+    )
     assert cfg.train.epochs == 7
     assert cfg.milvus.index_params == {"nlist": 16}
     assert cfg.serve.nil_threshold == 0.5

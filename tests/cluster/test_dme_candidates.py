@@ -31,10 +31,13 @@ def ann(tmp_path):
 
     store = MilvusStore(MilvusConfig(collection="dme_test"), str(tmp_path / "milvus.db"))
     store.create("dme_test_v1", 5)
-    store.upsert("dme_test_v1", [
-        {"entity_id": eid, "vector": vec, "name": name, "has_image": False, "content_hash": ""}
-        for eid, vec, name in zip(ENTITIES["entity_id"], VECTORS, ENTITIES["name"])
-    ])
+    store.upsert(
+        "dme_test_v1",
+        [
+            {"entity_id": eid, "vector": vec, "name": name, "has_image": False, "content_hash": ""}
+            for eid, vec, name in zip(ENTITIES["entity_id"], VECTORS, ENTITIES["name"])
+        ],
+    )
     store.flush("dme_test_v1")
     store.swap_alias("dme_test_v1")
     yield milvus_ann(store)
@@ -52,11 +55,15 @@ def test_name_index_matches_names_and_aliases_case_insensitively():
 
 def test_finder_adds_ann_hits_after_name_matches_deduplicated_and_capped(ann):
     finder = CandidateFinder(NameIndex(ENTITIES), top_n=2, max_candidates=4, ann_search=ann)
-    queries = np.stack([VECTORS[4] + 0.5 * VECTORS[0], VECTORS[3] + 0.5 * VECTORS[1]])  # Venus, then E1 / Hermes, E2
+    queries = np.stack(
+        [VECTORS[4] + 0.5 * VECTORS[0], VECTORS[3] + 0.5 * VECTORS[1]]
+    )  # Venus, then E1 / Hermes, E2
     venus, hermes = finder.find(["Mercury", "Hermes"], queries)
     assert [c.entity_id for c in venus] == ["E1", "E2", "E3", "E5"]  # E1 deduplicated, capped at 4
     assert [c.entity_id for c in hermes] == ["E4", "E2"]
-    names_only = CandidateFinder(NameIndex(ENTITIES), top_n=2, max_candidates=2).find(["mercury"], queries[:1])
+    names_only = CandidateFinder(NameIndex(ENTITIES), top_n=2, max_candidates=2).find(
+        ["mercury"], queries[:1]
+    )
     assert [c.entity_id for c in names_only[0]] == ["E1", "E2"]
 
 

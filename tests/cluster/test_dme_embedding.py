@@ -52,7 +52,10 @@ def test_embedding_selector_picks_the_gold_description_on_clear_cases(sample):
     # Clear case: the sentence repeats the gold description's first sentence (type, place, field), so even
     # an untrained encoder sees nearly the same tokens on both sides. Candidates share the mention's name.
     cases = list(ambiguous_cases(entities, mentions))
-    items = [(m["mention"], gold["description"].split(". ")[0] + ". Photo taken at night.", c) for m, gold, c in cases]
+    items = [
+        (m["mention"], gold["description"].split(". ")[0] + ". Photo taken at night.", c)
+        for m, gold, c in cases
+    ]
     selector = EmbeddingSelector(model, processor, batch_size=32)
     picks = selector.select_many(items)
 
@@ -68,7 +71,10 @@ def test_embedding_selector_picks_the_gold_description_on_clear_cases(sample):
 def test_embedding_selector_is_deterministic_and_counts_empty_candidate_lists(sample):
     _, _, model, processor = sample
     selector = EmbeddingSelector(model, processor)
-    candidates = [Candidate("A", "Kato", "a river of the north"), Candidate("B", "Kato", "a painter of the south")]
+    candidates = [
+        Candidate("A", "Kato", "a river of the north"),
+        Candidate("B", "Kato", "a painter of the south"),
+    ]
     first = selector.select("Kato", "the painter of the south paints", candidates)
     again = selector.select("Kato", "the painter of the south paints", list(candidates))
     empty = selector.select("Kato", "anything", [])
@@ -94,15 +100,24 @@ def test_make_selector_validates_names_and_needs_the_model_for_embedding():
     with pytest.raises(ValueError, match="dme.llm.url"):
         make_selector(DMEConfig(selector="llm", fallback="none"))
     with pytest.raises(ValueError, match="dme.fallback"):
-        make_selector(DMEConfig(selector="llm", fallback="llm", llm=DMELLMConfig(url="http://127.0.0.1:9/v1")))
-    llm = make_selector(DMEConfig(selector="llm", fallback="none", llm=DMELLMConfig(url="http://127.0.0.1:9/v1")))
+        make_selector(
+            DMEConfig(selector="llm", fallback="llm", llm=DMELLMConfig(url="http://127.0.0.1:9/v1"))
+        )
+    llm = make_selector(
+        DMEConfig(selector="llm", fallback="none", llm=DMELLMConfig(url="http://127.0.0.1:9/v1"))
+    )
     assert isinstance(llm, LLMSelector) and isinstance(llm.fallback, NoneSelector)
 
 
 def test_enhance_mention_falls_back_to_embedding_when_the_llm_exceeds_the_budget(sample):
     _, _, model, processor = sample
-    candidates = [Candidate("A", "Kato", "a river of the north"), Candidate("B", "Kato", "a painter of the south")]
-    embedding_pick = EmbeddingSelector(model, processor).select("Kato", "the painter of the south", candidates)
+    candidates = [
+        Candidate("A", "Kato", "a river of the north"),
+        Candidate("B", "Kato", "a painter of the south"),
+    ]
+    embedding_pick = EmbeddingSelector(model, processor).select(
+        "Kato", "the painter of the south", candidates
+    )
     script = {"Kato": [Reply("1", delay_s=3.0)], "Lumi": [Reply("2")]}
     with FakeLLM(script) as llm:
         dme = DMEConfig(selector="llm", fallback="embedding", llm=DMELLMConfig(url=llm.url, timeout_s=20.0))

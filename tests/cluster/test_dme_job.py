@@ -22,10 +22,15 @@ def built(tmp_path_factory):
     from workers.model_store import resolve_model_dir
 
     tmp = tmp_path_factory.mktemp("dme_job")
-    cfg = load_config(overrides=[
-        f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}", "kb.sample_entities=120",
-        "kb.sample_mentions=150", "encoder.batch_size=32",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={tmp / 'data'}",
+            f"storage.cache_dir={tmp / 'cache'}",
+            "kb.sample_entities=120",
+            "kb.sample_mentions=150",
+            "encoder.batch_size=32",
+        ]
+    )
     build_kb(cfg.kb, cfg.storage, progress=False)
     resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
     return cfg
@@ -69,7 +74,10 @@ def test_bulk_job_writes_one_row_per_mention_and_reuses_fresh_rows(kb, ray_sessi
     # Rows from another KB version are stale: exactly those are recomputed.
     stale_ids = cache["mention_id"].head(10).to_list()
     aged = cache.with_columns(
-        pl.when(pl.col("mention_id").is_in(stale_ids)).then(pl.lit("old")).otherwise("kb_version").alias("kb_version")
+        pl.when(pl.col("mention_id").is_in(stale_ids))
+        .then(pl.lit("old"))
+        .otherwise("kb_version")
+        .alias("kb_version")
     )
     write_cache(storage, cfg.kb.name, aged)
     third = run_dme(cfg, progress=False)
@@ -81,7 +89,9 @@ def test_bulk_job_writes_one_row_per_mention_and_reuses_fresh_rows(kb, ray_sessi
     assert descriptions == dict(zip(cache["mention_id"], cache["desc"]))
 
 
-def test_interrupted_run_resumes_and_none_selector_writes_empty_descriptions(kb, ray_session, capsys, monkeypatch):
+def test_interrupted_run_resumes_and_none_selector_writes_empty_descriptions(
+    kb, ray_session, capsys, monkeypatch
+):
     from cluster.cli import main
 
     cfg, storage, _, mentions = kb
@@ -102,8 +112,14 @@ def test_interrupted_run_resumes_and_none_selector_writes_empty_descriptions(kb,
     assert 50 <= kept.height < mentions.height and (kept["desc"] == "").all()
 
     # ... and `mel dme` resumes from it.
-    main([f"--set=storage.root={cfg.storage.root}", f"--set=storage.cache_dir={cfg.storage.cache_dir}",
-          "--set=dme.selector=none", "dme"])
+    main(
+        [
+            f"--set=storage.root={cfg.storage.root}",
+            f"--set=storage.cache_dir={cfg.storage.cache_dir}",
+            "--set=dme.selector=none",
+            "dme",
+        ]
+    )
     summary = capsys.readouterr().out
     rest = mentions.height - kept.height
     assert f"{rest} recomputed, {kept.height} reused" in summary and f"disabled {rest}," in summary
@@ -152,10 +168,13 @@ def index_sample_kb(cfg, storage) -> None:
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     name = f"{cfg.milvus.collection}_v1"
     store.create(name, encoded.vectors.shape[1])
-    store.upsert(name, [
-        {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
-        for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
-    ])
+    store.upsert(
+        name,
+        [
+            {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
+            for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
+        ],
+    )
     store.flush(name)
     store.swap_alias(name)
     store.close(release_file=True)

@@ -42,8 +42,14 @@ def test_parse_answer_accepts_one_integer_in_range(answer, expected):
 
 @pytest.mark.parametrize(
     "answer,reason",
-    [("4", "out_of_range"), ("The answer is 2", "unparsable"), ("2.", "unparsable"), ("", "unparsable"),
-     ("-1", "unparsable"), ("1 or 2", "unparsable")],
+    [
+        ("4", "out_of_range"),
+        ("The answer is 2", "unparsable"),
+        ("2.", "unparsable"),
+        ("", "unparsable"),
+        ("-1", "unparsable"),
+        ("1 or 2", "unparsable"),
+    ],
 )
 def test_parse_answer_rejects_everything_else(answer, reason):
     with pytest.raises(AnswerError) as err:
@@ -87,7 +93,11 @@ def test_llm_selector_scripted_answers_and_fallback_counts(monkeypatch):
     counters = selector.counters.as_dict()
     assert counters["selected"] == 3 and counters["no_match"] == 1 and counters["no_candidates"] == 1
     assert counters["fell_back"] == {
-        "bad_response": 1, "http_400": 1, "http_500": 1, "out_of_range": 1, "unparsable": 1,
+        "bad_response": 1,
+        "http_400": 1,
+        "http_500": 1,
+        "out_of_range": 1,
+        "unparsable": 1,
     }
 
 

@@ -89,4 +89,6 @@ def test_nil_threshold_maximises_link_vs_nil_accuracy():
     out = nil_threshold(linked_top, gold, nil_top)  # t=5: 3 of 4 linked kept, all 4 NIL caught
     assert out["nil_threshold"] == 5.0 and out["accuracy"] == pytest.approx(7 / 8)
     no_nil = nil_threshold(linked_top, gold, torch.zeros(0))
-    assert no_nil["nil_threshold"] == pytest.approx(float(torch.quantile(torch.tensor([5.0, 6.0, 2.5]), 0.05)))
+    assert no_nil["nil_threshold"] == pytest.approx(
+        float(torch.quantile(torch.tensor([5.0, 6.0, 2.5]), 0.05))
+    )

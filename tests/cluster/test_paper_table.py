@@ -70,7 +70,9 @@ def test_gate_runs_and_train_fraction(tmp_path):
     assert runs["token"].train.run_name == "wikidiverse-train0.1-token"
     assert runs["reference"].train.run_name == "wikidiverse-train0.1-reference"
     assert all(c.train.train_fraction == 0.1 for c in runs.values())
-    assert runs["token"].train.eval_every_epochs == runs["reference"].train.eval_every_epochs == 2  # both early-stop
+    assert (
+        runs["token"].train.eval_every_epochs == runs["reference"].train.eval_every_epochs == 2
+    )  # both early-stop
     assert cfg.mmoe.gate == "token"  # copies: the preset config is untouched
     assert fraction_tag(1.0) == "" and fraction_tag(0.2) == "-train0.2"
     with pytest.raises(ValueError, match="unknown preset"):

@@ -15,10 +15,15 @@ EPOCHS = 2
 def small_config(root: Path, extra: list[str]):
     from cluster.config import load_config
 
-    return load_config(overrides=[
-        f"storage.root={root / 'data'}", f"storage.cache_dir={root / 'cache'}",
-        "kb.sample_entities=120", "kb.sample_mentions=400", *extra,
-    ])
+    return load_config(
+        overrides=[
+            f"storage.root={root / 'data'}",
+            f"storage.cache_dir={root / 'cache'}",
+            "kb.sample_entities=120",
+            "kb.sample_mentions=400",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

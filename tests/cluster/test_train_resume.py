@@ -17,10 +17,17 @@ def test_worker_failure_resumes_then_resume_continues(tmp_path, ray_session, mon
     marker = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_AT_STEP_ENV, str(FAIL_AT_STEP))
     monkeypatch.setenv(FAIL_MARKER_ENV, str(marker))
-    cfg = small_config(tmp_path, [
-        "train.epochs=2", "train.checkpoint_every_steps=2", "train.max_failures=1",
-        "train.hard_negatives=2", "train.hard_negative_pool=5", "train.eval_every_epochs=2",
-    ])
+    cfg = small_config(
+        tmp_path,
+        [
+            "train.epochs=2",
+            "train.checkpoint_every_steps=2",
+            "train.max_failures=1",
+            "train.hard_negatives=2",
+            "train.hard_negative_pool=5",
+            "train.eval_every_epochs=2",
+        ],
+    )
     result = run_training(cfg)
     steps_per_epoch = math.ceil(result.train_mentions // cfg.train.num_workers / cfg.train.batch_size)
     assert marker.exists()  # the injected failure did fire

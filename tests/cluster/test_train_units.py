@@ -43,8 +43,10 @@ def test_duplicate_golds_are_masked_but_not_the_label_column():
 
 
 def test_hard_negatives_follow_the_gold_columns():
-    batch = [{"gold_entity_id": "a", "entity_name": "A", "hard_negative_ids": ["x", "y", "z"]},
-             {"gold_entity_id": "b", "entity_name": "B", "hard_negative_ids": ["a"]}]
+    batch = [
+        {"gold_entity_id": "a", "entity_name": "A", "hard_negative_ids": ["x", "y", "z"]},
+        {"gold_entity_id": "b", "entity_name": "B", "hard_negative_ids": ["a"]},
+    ]
     lookup = {k: {"entity_id": k, "name": k.upper(), "description": "", "image_uris": []} for k in "abxyz"}
     rows, ids = entity_side(batch, lookup, hard_negatives=2)
     assert ids == ["a", "b", "x", "y", "a"]
@@ -73,8 +75,14 @@ def test_checkpoints_on_s3_go_through_the_configured_endpoint(s3_bucket, tmp_pat
     from kb_builder.storage import Storage
 
     endpoint, bucket = s3_bucket
-    cfg = load_config(overrides=[f"storage.root=s3://{bucket}/mel", f"storage.s3_endpoint_url={endpoint}",
-                                 "storage.s3_region=us-east-1", f"storage.cache_dir={tmp_path}"])
+    cfg = load_config(
+        overrides=[
+            f"storage.root=s3://{bucket}/mel",
+            f"storage.s3_endpoint_url={endpoint}",
+            "storage.s3_region=us-east-1",
+            f"storage.cache_dir={tmp_path}",
+        ]
+    )
     storage = Storage(cfg.storage)
     path, fs = checkpoint_storage(cfg, storage.join("runs", "r"))
     assert path == f"{bucket}/mel/runs/r"

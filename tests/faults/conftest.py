@@ -47,17 +47,25 @@ def small_served_app(tmp: Path, app: str, route: str, n_entities: int = 40):
     from tests.conftest import free_port
 
     alias = app.replace("-", "_")
-    cfg = load_config(overrides=[
-        f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}", f"kb.sample_entities={n_entities}",
-        "kb.sample_mentions=40", "serve.num_cpus_per_replica=0.1", f"milvus.collection={alias}",
-        "serve.max_body_bytes=200000", "serve.max_image_bytes=100000",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={tmp / 'data'}",
+            f"storage.cache_dir={tmp / 'cache'}",
+            f"kb.sample_entities={n_entities}",
+            "kb.sample_mentions=40",
+            "serve.num_cpus_per_replica=0.1",
+            f"milvus.collection={alias}",
+            "serve.max_body_bytes=200000",
+            "serve.max_image_bytes=100000",
+        ]
+    )
     build_kb(cfg.kb, cfg.storage, progress=False)
     lite_file = tmp / "data" / "milvus.db"
     cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(lite_file))
     model_dir = serving_model_dir(cfg)
-    entities = read_entities(Storage(cfg.storage), cfg.kb.name,
-                             columns=["entity_id", "name", "description", "image_uris"]).to_dicts()
+    entities = read_entities(
+        Storage(cfg.storage), cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"]
+    ).to_dicts()
     swap_alias(cfg, index_collection(cfg, model_dir, f"{alias}_v1", entities))
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # ignored when Serve already runs
     port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
@@ -94,5 +102,7 @@ def require_free_cpus(needed: float, attempts: int = 60) -> None:
         if free >= needed:
             return
         time.sleep(0.5)
-    pytest.fail(f"only {free} of the {needed} CPUs this test needs are free in the test Ray session (another "
-                "Serve app still running?); run_index/Ray Train would wait forever (docs/reliability.md, bug 7)")
+    pytest.fail(
+        f"only {free} of the {needed} CPUs this test needs are free in the test Ray session (another "
+        "Serve app still running?); run_index/Ray Train would wait forever (docs/reliability.md, bug 7)"
+    )

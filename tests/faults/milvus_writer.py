@@ -29,8 +29,13 @@ def main() -> None:
     batch = 0
     while True:
         vectors = rng.standard_normal((ROWS_PER_BATCH, DIM)).astype(np.float32)
-        store.upsert(collection, [{"entity_id": eid, "vector": v, "name": eid, "has_image": False, "content_hash": ""}
-                                  for eid, v in zip(batch_ids(batch), vectors)])
+        store.upsert(
+            collection,
+            [
+                {"entity_id": eid, "vector": v, "name": eid, "has_image": False, "content_hash": ""}
+                for eid, v in zip(batch_ids(batch), vectors)
+            ],
+        )
         if flush:
             store.flush(collection)
         print(f"ACK {batch}", flush=True)

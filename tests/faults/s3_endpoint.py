@@ -114,5 +114,8 @@ class BreakableS3:
 
     def count(self, method: str | None = None, action: str | None = None, key_part: str = "") -> int:
         with self.lock:
-            return sum(1 for m, k, a in self.requests
-                       if (method is None or m == method) and (action is None or a == action) and key_part in k)
+            return sum(
+                1
+                for m, k, a in self.requests
+                if (method is None or m == method) and (action is None or a == action) and key_part in k
+            )

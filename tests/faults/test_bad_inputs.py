@@ -34,10 +34,22 @@ def png_bytes(width: int = 8, height: int = 8) -> bytes:
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header declaring width x height pixels, with almost no pixel data (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -57,7 +69,9 @@ def image_dir(tmp_path) -> Path:
 
 def loader_for(root: Path, tmp_path: Path, **encoder) -> ImageLoader:
     cfg = EncoderConfig(**encoder)
-    return ImageLoader(cfg, StorageConfig(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), [str(root)])
+    return ImageLoader(
+        cfg, StorageConfig(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")), [str(root)]
+    )
 
 
 BAD_IMAGES = {  # file name -> words the error must contain (besides the uri)
@@ -74,8 +88,12 @@ BAD_IMAGES = {  # file name -> words the error must contain (besides the uri)
 def test_each_bad_image_is_named_and_the_good_one_still_loads(image_dir, tmp_path):
     loader = loader_for(image_dir, tmp_path, max_image_bytes=4000)
     uris = [str(image_dir / "images" / "good.png")] + [str(image_dir / "images" / n) for n in BAD_IMAGES]
-    uris += [f"{image_dir}/images/../../../etc/passwd", "file:///etc/passwd", "ftp://example.org/a.png",
-             str(image_dir / "images" / "missing.png")]
+    uris += [
+        f"{image_dir}/images/../../../etc/passwd",
+        "file:///etc/passwd",
+        "ftp://example.org/a.png",
+        str(image_dir / "images" / "missing.png"),
+    ]
     images, errors = load_images(loader, uris)
     assert images[0] is not None and images[0].size == (8, 8)
     assert all(img is None for img in images[1:]) and len(errors) == len(uris) - 1
@@ -96,17 +114,28 @@ def test_bad_images_leave_every_entity_encoded_text_only(image_dir, tmp_path):
     from mmoe.pretrained import build_tiny_model, save_pretrained
     from workers.encoder import EntityEncoder
 
-    model, processor = build_tiny_model(TinyCLIPConfig(), MMoEConfig(text_max_tokens=17), ["river town bridge"], seed=0)
+    model, processor = build_tiny_model(
+        TinyCLIPConfig(), MMoEConfig(text_max_tokens=17), ["river town bridge"], seed=0
+    )
     save_pretrained(tmp_path / "model", model, processor)
     loader = loader_for(image_dir, tmp_path, max_image_bytes=4000)
     names = ["good.png", *BAD_IMAGES]
-    rows = [{"entity_id": f"E{i}", "name": f"river {i}", "description": "a town",
-             "image_uris": [str(image_dir / "images" / n)]} for i, n in enumerate(names)]
+    rows = [
+        {
+            "entity_id": f"E{i}",
+            "name": f"river {i}",
+            "description": "a town",
+            "image_uris": [str(image_dir / "images" / n)],
+        }
+        for i, n in enumerate(names)
+    ]
     enc = EntityEncoder(tmp_path / "model", EncoderConfig(batch_size=4), device="cpu", loader=loader)
     out = enc.encode_entities(rows)
     assert out.ids == [r["entity_id"] for r in rows] and not out.failed
     assert out.has_image.tolist() == [True] + [False] * len(BAD_IMAGES)
-    assert sorted(e.split(":")[0] for e in out.image_errors) == sorted(f"entity E{i}" for i in range(1, len(names)))
+    assert sorted(e.split(":")[0] for e in out.image_errors) == sorted(
+        f"entity E{i}" for i in range(1, len(names))
+    )
     assert np.isfinite(out.vectors).all()
 
 
@@ -117,11 +146,18 @@ def test_wrong_dimension_rows_are_refused_naming_the_entity_and_nothing_is_half_
     store = MilvusStore(MilvusConfig(collection="dims"), str(tmp_path / "milvus.db"))
     try:
         store.create("dims_v1", 8)
-        good = [{"entity_id": f"G{i}", "vector": np.ones(8, np.float32) * i, "name": f"g{i}"} for i in range(5)]
+        good = [
+            {"entity_id": f"G{i}", "vector": np.ones(8, np.float32) * i, "name": f"g{i}"} for i in range(5)
+        ]
         store.upsert("dims_v1", good)
         store.flush("dims_v1")
-        mixed = [{"entity_id": "N1", "vector": np.ones(8, np.float32)}, {"entity_id": "BAD7", "vector": np.ones(7)}]
-        with pytest.raises(DimensionMismatchError, match=r"entity 'BAD7': vector has 7 dims, collection 'dims_v1' has 8"):
+        mixed = [
+            {"entity_id": "N1", "vector": np.ones(8, np.float32)},
+            {"entity_id": "BAD7", "vector": np.ones(7)},
+        ]
+        with pytest.raises(
+            DimensionMismatchError, match=r"entity 'BAD7': vector has 7 dims, collection 'dims_v1' has 8"
+        ):
             store.upsert("dims_v1", mixed)
         with pytest.raises(ValueError, match=r"entity 'NAN1': vector has NaN/inf"):
             store.upsert("dims_v1", [{"entity_id": "NAN1", "vector": np.full(8, np.nan, np.float32)}])
@@ -130,7 +166,9 @@ def test_wrong_dimension_rows_are_refused_naming_the_entity_and_nothing_is_half_
             store.create("dims_v1", 16)
         with pytest.raises(DimensionMismatchError, match="stores 8-d vectors but the model produces 4-d"):
             store.search(np.ones((1, 4), np.float32), 3, collection="dims_v1")
-        assert [h.entity_id for h in store.search(np.ones(8, np.float32), 1, collection="dims_v1")[0]] == ["G4"]
+        assert [h.entity_id for h in store.search(np.ones(8, np.float32), 1, collection="dims_v1")[0]] == [
+            "G4"
+        ]
     finally:
         store.close(release_file=True)
 
@@ -157,16 +195,22 @@ def test_latin1_rows_are_rejected_by_line_and_the_utf8_rows_kept(tmp_path):
     from kb_builder.storage import Storage
 
     jsonl = tmp_path / "e.jsonl"
-    lines = [json.dumps({"id": f"J{i}", "name": f"Zurich {i}"}, ensure_ascii=False).encode() for i in range(4)]
+    lines = [
+        json.dumps({"id": f"J{i}", "name": f"Zurich {i}"}, ensure_ascii=False).encode() for i in range(4)
+    ]
     lines.insert(2, '{"id": "JL", "name": "Zürich"}'.encode("latin-1"))  # line 3: latin-1 bytes
     jsonl.write_bytes(b"\n".join(lines) + b"\n")
     csv = tmp_path / "e.csv"
     csv.write_bytes("id,name\nC1,Zürich\n".encode() + "C2,Zürich\n".encode("latin-1") + b"C3,Geneva\n")
     storage = StorageConfig(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
-    report = build_kb(KBConfig(name="enc", sample=False, entity_inputs=[str(jsonl), str(csv)]), storage,
-                      progress=False)
+    report = build_kb(
+        KBConfig(name="enc", sample=False, entity_inputs=[str(jsonl), str(csv)]), storage, progress=False
+    )
     assert (report.entities, report.rejected) == (6, 2)
-    rejects = [json.loads(x) for x in Storage(storage).read_bytes(f"{storage.root}/kb/enc/rejects.jsonl").splitlines()]
+    rejects = [
+        json.loads(x)
+        for x in Storage(storage).read_bytes(f"{storage.root}/kb/enc/rejects.jsonl").splitlines()
+    ]
     got = {r["location"]: r["reason"] for r in rejects}
     assert got[f"{jsonl}:line 3"].startswith("non-UTF-8 bytes")
     assert got[f"{csv}:row 2"] == "non-UTF-8 text in name"
@@ -192,13 +236,17 @@ def test_a_pickle_only_checkpoint_is_refused_and_never_unpickled(tmp_path):
     from workers.encoder import EntityEncoder
     from workers.model_store import resolve_model_dir
 
-    model, processor = build_tiny_model(TinyCLIPConfig(), MMoEConfig(text_max_tokens=17), ["a corpus"], seed=0)
+    model, processor = build_tiny_model(
+        TinyCLIPConfig(), MMoEConfig(text_max_tokens=17), ["a corpus"], seed=0
+    )
     folder = tmp_path / "ckpt"
     save_pretrained(folder, model, processor)
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "PWNED"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(ValueError, match=r"holds only pickle weights \(pytorch_model\.bin\).*never unpickles"):
+    with pytest.raises(
+        ValueError, match=r"holds only pickle weights \(pytorch_model\.bin\).*never unpickles"
+    ):
         load_pretrained(folder)
     cfg = StorageConfig(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     from cluster.config import load_config
@@ -244,14 +292,24 @@ def http(fault_app):
 
 def test_request_bodies_of_the_wrong_json_shape(http):
     check_error(http.post("/link", json=["Damoza"]), 422, "body")
-    check_error(http.post("/link", content=b"null", headers={"content-type": "application/json"}), 422, "body")
+    check_error(
+        http.post("/link", content=b"null", headers={"content-type": "application/json"}), 422, "body"
+    )
     check_error(http.post("/link/batch", json={"mentions": {"mention": "x"}}), 422, "mentions", "list")
     check_error(http.post("/link/batch", json={"mentions": ["x"]}), 422, "mentions.0")
-    check_error(http.post("/link", json={"mention": "x", "filters": {"entity_ids": "E1"}}), 422,
-                "filters.entity_ids", "list")
+    check_error(
+        http.post("/link", json={"mention": "x", "filters": {"entity_ids": "E1"}}),
+        422,
+        "filters.entity_ids",
+        "list",
+    )
     deep = '{"mention": "x", "filters": ' + '{"name": ' * 200 + '"a"' + "}" * 200 + "}"
-    check_error(http.post("/link", content=deep.encode(), headers={"content-type": "application/json"}), 422,
-                "filters.name", "string")
+    check_error(
+        http.post("/link", content=deep.encode(), headers={"content-type": "application/json"}),
+        422,
+        "filters.name",
+        "string",
+    )
 
 
 def chunked_oversized_body():
@@ -267,19 +325,27 @@ def test_oversized_streamed_body_without_content_length_is_refused(http):
     assert http.post("/link", json={"mention": "ok"}).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="cluster/api.py:BodyLimit raises _BodyTooLarge inside receive(), where "
-                   "FastAPI's body parsing catches it: a chunked body over max_body_bytes gets FastAPI's "
-                   "400 {'detail': 'There was an error parsing the body'} instead of the 413 error body")
+@pytest.mark.xfail(
+    strict=True,
+    reason="cluster/api.py:BodyLimit raises _BodyTooLarge inside receive(), where "
+    "FastAPI's body parsing catches it: a chunked body over max_body_bytes gets FastAPI's "
+    "400 {'detail': 'There was an error parsing the body'} instead of the 413 error body",
+)
 def test_oversized_streamed_body_is_a_413_naming_max_body_bytes(http):
     reply = http.post("/link", content=chunked_oversized_body(), headers={"content-type": "application/json"})
     assert reply.status_code == 413 and "max_body_bytes" in reply.json()["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="cluster/api.py:create_app has no handler for Starlette's HTTPException: a "
-                   "body that is not UTF-8 gets FastAPI's 400 {'detail': ...} without the error/field/request_id "
-                   "body (cluster/schemas.py:ErrorBody) every other 4xx has")
+@pytest.mark.xfail(
+    strict=True,
+    reason="cluster/api.py:create_app has no handler for Starlette's HTTPException: a "
+    "body that is not UTF-8 gets FastAPI's 400 {'detail': ...} without the error/field/request_id "
+    "body (cluster/schemas.py:ErrorBody) every other 4xx has",
+)
 def test_a_body_that_is_not_utf8_gets_the_standard_error_body(http):
-    reply = http.post("/link", content=b'{"mention": "caf\xe9"}', headers={"content-type": "application/json"})
+    reply = http.post(
+        "/link", content=b'{"mention": "caf\xe9"}', headers={"content-type": "application/json"}
+    )
     assert 400 <= reply.status_code < 500
     body = reply.json()
     assert body["field"] == "body" and body["request_id"], body

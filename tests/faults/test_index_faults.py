@@ -31,7 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def overrides(tmp: Path, extra: list[str]) -> list[str]:
-    return [f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}", "milvus.collection=ents", *extra]
+    return [
+        f"storage.root={tmp / 'data'}",
+        f"storage.cache_dir={tmp / 'cache'}",
+        "milvus.collection=ents",
+        *extra,
+    ]
 
 
 def small_kb(tmp: Path, extra: list[str]):
@@ -44,7 +49,9 @@ def collection_ids(cfg, collection: str) -> tuple[int, list[str]]:
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     try:
         count = store.count(collection)
-        rows = store.client.query(collection, filter='entity_id != ""', output_fields=["entity_id"], limit=10_000)
+        rows = store.client.query(
+            collection, filter='entity_id != ""', output_fields=["entity_id"], limit=10_000
+        )
         return count, [r["entity_id"] for r in rows]
     finally:
         store.close()
@@ -53,12 +60,28 @@ def collection_ids(cfg, collection: str) -> tuple[int, list[str]]:
 @pytest.mark.slow
 def test_encoder_actor_death_without_restarts_is_replaced_exact_count(tmp_path, ray_session):
     """max_actor_restarts=0: Ray does not restart the dead actor, so the pool's own replacement path runs."""
-    cfg, model_dir = small_kb(tmp_path, ["kb.sample_entities=40", "kb.sample_mentions=40", "kb.rows_per_shard=20",
-                                         "encoder.batch_size=8", "encoder.max_actor_restarts=0"])
+    cfg, model_dir = small_kb(
+        tmp_path,
+        [
+            "kb.sample_entities=40",
+            "kb.sample_mentions=40",
+            "kb.rows_per_shard=20",
+            "encoder.batch_size=8",
+            "encoder.max_actor_restarts=0",
+        ],
+    )
     marker = tmp_path / "actor-died"
     require_free_cpus(2.0)  # one 1-CPU encoder actor + 1-CPU prepare tasks
-    report = run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, progress=False,
-                       crash_marker=str(marker))
+    report = run_index(
+        cfg.storage,
+        cfg.kb,
+        cfg.encoder,
+        cfg.milvus,
+        milvus_uri(cfg),
+        model_dir,
+        progress=False,
+        crash_marker=str(marker),
+    )
     assert marker.exists(), "the fault was never injected"
     assert (report.encoded, report.failed, report.total, report.swapped) == (40, 0, 40, True)
     entity_ids = sorted(read_entities(Storage(cfg.storage), cfg.kb.name)["entity_id"].to_list())
@@ -76,13 +99,26 @@ def done_shards(root: Path) -> tuple[dict, bool]:
 
 @pytest.mark.slow
 def test_driver_kill_9_mid_run_then_rerun_resumes_exactly(tmp_path, ray_session):
-    sets = ["kb.sample_entities=120", "kb.sample_mentions=40", "kb.rows_per_shard=10", "encoder.batch_size=5",
-            "ray.num_cpus=1"]
+    sets = [
+        "kb.sample_entities=120",
+        "kb.sample_mentions=40",
+        "kb.rows_per_shard=10",
+        "encoder.batch_size=5",
+        "ray.num_cpus=1",
+    ]
     cfg, model_dir = small_kb(tmp_path, sets)  # the model exists first, so the child only indexes
     root = tmp_path / "data"
-    argv = [sys.executable, "-m", "cluster.cli"] + [a for s in overrides(tmp_path, sets) for a in ("--set", s)]
-    child = subprocess.Popen(argv + ["index"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    argv = [sys.executable, "-m", "cluster.cli"] + [
+        a for s in overrides(tmp_path, sets) for a in ("--set", s)
+    ]
+    child = subprocess.Popen(
+        argv + ["index"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         while child.poll() is None and not done_shards(root)[0]:  # kill as soon as one shard is recorded
             time.sleep(0.02)
@@ -97,7 +133,9 @@ def test_driver_kill_9_mid_run_then_rerun_resumes_exactly(tmp_path, ray_session)
     assert 1 <= len(done) < 12 and not complete
 
     require_free_cpus(2.0)
-    rerun = run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, progress=False)
+    rerun = run_index(
+        cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, progress=False
+    )
     assert rerun.shards == 12 and rerun.skipped_shards == len(done)  # completed shards were not re-encoded
     assert rerun.encoded == 120 - sum(s["rows"] for s in done.values())
     assert (rerun.failed, rerun.total, rerun.swapped) == (0, 120, True)
@@ -127,7 +165,9 @@ def test_prepare_tasks_fit_beside_other_ray_work(tmp_path, ray_session):
     try:
         needed = pool.prepare._default_options.get("num_cpus", 1)
         free = ray.available_resources().get("CPU", 0.0)
-        assert needed <= free, f"prepare tasks need {needed} CPU, only {free} CPU free: they would never start"
+        assert needed <= free, (
+            f"prepare tasks need {needed} CPU, only {free} CPU free: they would never start"
+        )
     finally:
         pool.close()
         ray.kill(other)

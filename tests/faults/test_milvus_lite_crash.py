@@ -22,9 +22,15 @@ KILL_AFTER_ACKS = 6
 
 def run_and_kill(db: Path, collection: str, *flags: str) -> list[int]:
     """Start the writer in its own process group, SIGKILL the group after KILL_AFTER_ACKS acks; the acks seen."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.milvus_writer", str(db), collection, *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.milvus_writer", str(db), collection, *flags],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     acked: list[int] = []
     try:
         for line in proc.stdout:
@@ -45,7 +51,9 @@ def reopen_ids(db: Path, collection: str) -> tuple[int, list[str]]:
     store = MilvusStore(MilvusConfig(collection="alias"), str(db))
     try:
         count = store.count(collection)  # loads the collection (a reopened file starts released)
-        rows = store.client.query(collection, filter='entity_id != ""', output_fields=["entity_id"], limit=16_384)
+        rows = store.client.query(
+            collection, filter='entity_id != ""', output_fields=["entity_id"], limit=16_384
+        )
         return count, [r["entity_id"] for r in rows]
     finally:
         store.close(release_file=True)

@@ -21,9 +21,15 @@ from tests.faults.s3_endpoint import DOWN, ERROR_503, FORWARD
 
 
 def s3_config(endpoint, bucket: str, tmp_path, max_retries: int = 2) -> StorageConfig:
-    return StorageConfig(root=f"s3://{bucket}/mel", s3_endpoint_url=endpoint.url, s3_region="us-east-1",
-                         max_retries=max_retries, connect_timeout_s=0.5, read_timeout_s=10.0,
-                         cache_dir=str(tmp_path / "cache"))
+    return StorageConfig(
+        root=f"s3://{bucket}/mel",
+        s3_endpoint_url=endpoint.url,
+        s3_region="us-east-1",
+        max_retries=max_retries,
+        connect_timeout_s=0.5,
+        read_timeout_s=10.0,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def test_transient_errors_are_retried_then_the_write_lands(breakable_s3, tmp_path):
@@ -78,26 +84,41 @@ def test_endpoint_outage_mid_build_then_rerun_gives_the_exact_kb(breakable_s3, t
 
 
 def _entities_file(path, n: int, tag: str):
-    path.write_text("".join(json.dumps({"id": f"Q{i:03d}", "name": f"Name{i}", "description": f"{tag} {i}"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"Q{i:03d}", "name": f"Name{i}", "description": f"{tag} {i}"}) + "\n"
+            for i in range(n)
+        )
+    )
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="kb_builder/shards.py:publish uploads the new part-*.parquet over the "
-                   "previous build's shards (same names) before manifest.json, so a build that fails before the "
-                   "manifest leaves the old manifest pointing at new shard contents")
+@pytest.mark.xfail(
+    strict=True,
+    reason="kb_builder/shards.py:publish uploads the new part-*.parquet over the "
+    "previous build's shards (same names) before manifest.json, so a build that fails before the "
+    "manifest leaves the old manifest pointing at new shard contents",
+)
 def test_outage_before_the_manifest_leaves_the_previous_kb_intact(breakable_s3, tmp_path):
     endpoint, bucket = breakable_s3
     cfg = s3_config(endpoint, bucket, tmp_path)
     storage = Storage(cfg)
-    v1 = KBConfig(name="t", sample=False, rows_per_shard=10,
-                  entity_inputs=[str(_entities_file(tmp_path / "v1.jsonl", 30, "first"))])
+    v1 = KBConfig(
+        name="t",
+        sample=False,
+        rows_per_shard=10,
+        entity_inputs=[str(_entities_file(tmp_path / "v1.jsonl", 30, "first"))],
+    )
     build_kb(v1, cfg, progress=False)
     before_manifest = read_manifest(storage, "t")
     before = read_entities(storage, "t").sort("entity_id")
 
-    v2 = KBConfig(name="t", sample=False, rows_per_shard=10,
-                  entity_inputs=[str(_entities_file(tmp_path / "v2.jsonl", 35, "second"))])
+    v2 = KBConfig(
+        name="t",
+        sample=False,
+        rows_per_shard=10,
+        entity_inputs=[str(_entities_file(tmp_path / "v2.jsonl", 35, "second"))],
+    )
     endpoint.rule = lambda m, k, n: DOWN if (m == "PUT" and k.endswith("/kb/t/manifest.json")) else FORWARD
     with pytest.raises(EndpointConnectionError):
         build_kb(v2, cfg, progress=False)

@@ -23,8 +23,11 @@ AFTER = 20  # sequential requests after the load, all of which must be 200
 
 
 def replica_names(deployment: str) -> list[str]:
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#"))
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#")
+    )
 
 
 async def load_with_a_kill(url: str, entities: list[dict], deployment: str) -> list[tuple[int, dict]]:
@@ -35,15 +38,23 @@ async def load_with_a_kill(url: str, entities: list[dict], deployment: str) -> l
     (victim,) = replica_names(deployment)
 
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
         async def one(i: int):
             nonlocal answered
             e = entities[i % len(entities)]
             async with limit:
                 try:
-                    reply = await client.post("/link", json={"mention": e["name"], "context": e["description"]},
-                                              headers={"x-request-id": f"r{i}"})
-                    result = (reply.status_code, reply.json() if reply.headers.get("content-type", "").startswith(
-                        "application/json") else {"text": reply.text[:200]})
+                    reply = await client.post(
+                        "/link",
+                        json={"mention": e["name"], "context": e["description"]},
+                        headers={"x-request-id": f"r{i}"},
+                    )
+                    result = (
+                        reply.status_code,
+                        reply.json()
+                        if reply.headers.get("content-type", "").startswith("application/json")
+                        else {"text": reply.text[:200]},
+                    )
                 except httpx.HTTPError as exc:  # a dropped connection counts as a failure too
                     result = (0, {"error": type(exc).__name__})
             answered += 1
@@ -61,8 +72,10 @@ def test_replica_death_fails_a_bounded_number_of_requests_then_recovers(fault_ap
     (before,) = replica_names(deployment)
     results = asyncio.run(load_with_a_kill(url, entities, deployment))
     failures = [(i, s, b) for i, (s, b) in enumerate(results) if s != 200]
-    print(f"\n{deployment}: {len(failures)} of {REQUESTS} requests failed around the kill: "
-          f"{[(i, s) for i, s, _ in failures]}")
+    print(
+        f"\n{deployment}: {len(failures)} of {REQUESTS} requests failed around the kill: "
+        f"{[(i, s) for i, s, _ in failures]}"
+    )
     assert len(failures) <= CONCURRENCY
     for i, status, body in failures:  # only requests around the kill, each a clean error
         assert KILL_AT - CONCURRENCY <= i < KILL_AT + 2 * CONCURRENCY, (i, status)
@@ -71,7 +84,9 @@ def test_replica_death_fails_a_bounded_number_of_requests_then_recovers(fault_ap
     # recovery: Serve replaced the replica, and every later request answers 200
     assert wait_ready(url) == 200
     with httpx.Client(base_url=url, timeout=120) as client:
-        statuses = [client.post("/link", json={"mention": entities[i]["name"]}).status_code for i in range(AFTER)]
+        statuses = [
+            client.post("/link", json={"mention": entities[i]["name"]}).status_code for i in range(AFTER)
+        ]
     assert statuses == [200] * AFTER
     after = replica_names(deployment)
     assert len(after) == 1 and after != [before]

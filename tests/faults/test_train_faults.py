@@ -44,11 +44,18 @@ def checkpoint_registered(folder: Path) -> bool:
 def test_sigkilled_train_worker_resumes_from_checkpoint_to_the_planned_steps(tmp_path, ray_session):
     from cluster.train import run_training
 
-    cfg = load_config(overrides=[
-        f"storage.root={tmp_path / 'data'}", f"storage.cache_dir={tmp_path / 'cache'}", "kb.sample_entities=120",
-        "kb.sample_mentions=400", "train.epochs=3", "train.checkpoint_every_steps=2", "train.max_failures=1",
-        "train.eval_every_epochs=3",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={tmp_path / 'data'}",
+            f"storage.cache_dir={tmp_path / 'cache'}",
+            "kb.sample_entities=120",
+            "kb.sample_mentions=400",
+            "train.epochs=3",
+            "train.checkpoint_every_steps=2",
+            "train.max_failures=1",
+            "train.eval_every_epochs=3",
+        ]
+    )
     require_free_cpus(cfg.train.num_workers * cfg.train.cpus_per_worker)
     checkpoints = tmp_path / "data" / "runs" / cfg.train.run_name / "checkpoints"
     outcome: dict = {}
@@ -66,4 +73,6 @@ def test_sigkilled_train_worker_resumes_from_checkpoint_to_the_planned_steps(tmp
     steps_per_epoch = math.ceil(result.train_mentions // cfg.train.num_workers / cfg.train.batch_size)
     assert result.history.restored_from_step is not None and result.history.restored_from_step >= 2
     assert result.steps == 3 * steps_per_epoch  # the planned step count
-    assert [s for s, _ in result.history.losses] == list(range(1, result.steps + 1))  # no step lost or doubled
+    assert [s for s, _ in result.history.losses] == list(
+        range(1, result.steps + 1)
+    )  # no step lost or doubled

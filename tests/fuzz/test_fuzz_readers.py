@@ -21,11 +21,22 @@ from kb_builder.readers.jsonl import read_jsonl
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 # A list nested in a list is flattened to its strings (see the test below).
-flat_lists = st.lists(json_scalars | st.dictionaries(st.text(max_size=6), json_values, max_size=2), max_size=3)
+flat_lists = st.lists(
+    json_scalars | st.dictionaries(st.text(max_size=6), json_values, max_size=2), max_size=3
+)
 odd_values = json_scalars | flat_lists | st.dictionaries(st.text(max_size=6), json_values, max_size=3)
 ids = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8)
 
@@ -35,9 +46,12 @@ def entity_lines(draw) -> bytes:
     """One JSONL line: a plausible entity, an object of odd types, malformed JSON, a non-object, or raw bytes."""
     kind = draw(st.sampled_from(["entity", "odd", "malformed", "non_object", "bytes"]))
     if kind == "entity":
-        row = {"id": draw(ids), "name": draw(st.text(min_size=0, max_size=20)),
-               "description": draw(st.text(max_size=30)),
-               "aliases": draw(st.lists(st.text(max_size=8), max_size=3) | st.text(max_size=8))}
+        row = {
+            "id": draw(ids),
+            "name": draw(st.text(min_size=0, max_size=20)),
+            "description": draw(st.text(max_size=30)),
+            "aliases": draw(st.lists(st.text(max_size=8), max_size=3) | st.text(max_size=8)),
+        }
         return json.dumps(row, ensure_ascii=draw(st.booleans())).encode()
     if kind == "odd":
         keys = st.sampled_from(["id", "name", "description", "aliases", "image", "type", "attributes"])
@@ -73,7 +87,10 @@ def test_reader_accepts_or_rejects_every_line_once(lines, batch_rows):
             accepted += batch.rows[LOCATION].to_list() if batch.rows.height else []
             rejected += [r["location"] for r in batch.rejects]
             assert all(r["reason"] for r in batch.rejects)
-    numbers = lambda locs: [int(re.fullmatch(rf"{re.escape(str(path))}:line (\d+)", x).group(1)) for x in locs]  # noqa: E731
+
+    def numbers(locs):
+        return [int(re.fullmatch(rf"{re.escape(str(path))}:line (\d+)", x).group(1)) for x in locs]
+
     assert sorted(numbers(accepted) + numbers(rejected)) == non_blank(lines)
 
 
@@ -84,7 +101,9 @@ def test_build_keeps_or_rejects_every_line_and_rejects_name_it(lines):
     with tempfile.TemporaryDirectory() as tmp:
         path = write(Path(tmp), lines)
         storage = StorageConfig(root=f"{tmp}/data", cache_dir=f"{tmp}/cache")
-        report = build_kb(KBConfig(name="f", sample=False, entity_inputs=[str(path)]), storage, progress=False)
+        report = build_kb(
+            KBConfig(name="f", sample=False, entity_inputs=[str(path)]), storage, progress=False
+        )
         text = Path(f"{tmp}/data/kb/f/rejects.jsonl").read_text(encoding="utf-8")
         rejects = [json.loads(x) for x in text.split("\n") if x]  # JSONL lines end at \n only
     assert report.entities + report.rejected == len(non_blank(lines))
@@ -104,8 +123,10 @@ def test_a_first_line_that_is_an_array_loses_only_that_line(tmp_path):
 
 def test_a_nested_list_in_one_row_rejects_only_that_row(tmp_path):
     path = tmp_path / "entities.jsonl"
-    path.write_bytes(b'{"id": "Q1", "name": "One", "aliases": ["a"]}\n{"id": "Q2", "name": "Two", "aliases": [["b"]]}\n'
-                     b'{"id": "Q3", "name": "Three", "image": [["x.png"]]}\n')
+    path.write_bytes(
+        b'{"id": "Q1", "name": "One", "aliases": ["a"]}\n{"id": "Q2", "name": "Two", "aliases": [["b"]]}\n'
+        b'{"id": "Q3", "name": "Three", "image": [["x.png"]]}\n'
+    )
     storage = StorageConfig(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     report = build_kb(KBConfig(name="f", sample=False, entity_inputs=[str(path)]), storage, progress=False)
     assert report.entities + report.rejected == 3 and report.entities >= 1

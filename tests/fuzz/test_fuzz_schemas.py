@@ -15,19 +15,44 @@ from cluster.schemas import BatchLinkRequest, Filters, LinkRequest
 SETTINGS = settings(max_examples=100, deadline=None)
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=10)
-field_names = st.sampled_from(["mention", "context", "image", "top_k", "filters", "explain", "mentions",
-                               "has_image", "name", "entity_ids", "topk"]) | st.text(max_size=8)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=10,
+)
+field_names = st.sampled_from(
+    [
+        "mention",
+        "context",
+        "image",
+        "top_k",
+        "filters",
+        "explain",
+        "mentions",
+        "has_image",
+        "name",
+        "entity_ids",
+        "topk",
+    ]
+) | st.text(max_size=8)
 payloads = json_values | st.dictionaries(field_names, json_values, max_size=6)
 
-filters = st.builds(Filters, has_image=st.none() | st.booleans(), name=st.none() | st.text(max_size=40),
-                    entity_ids=st.none() | st.lists(st.text(max_size=10), max_size=5))
-mentions = st.fixed_dictionaries({"mention": st.text(min_size=1, max_size=40)}, optional={
-    "context": st.text(max_size=60), "image": st.none() | st.text(max_size=40),
-    "top_k": st.none() | st.integers(1, 100), "explain": st.booleans(),
-    "filters": st.none() | filters.map(lambda f: f.model_dump()),
-})
+filters = st.builds(
+    Filters,
+    has_image=st.none() | st.booleans(),
+    name=st.none() | st.text(max_size=40),
+    entity_ids=st.none() | st.lists(st.text(max_size=10), max_size=5),
+)
+mentions = st.fixed_dictionaries(
+    {"mention": st.text(min_size=1, max_size=40)},
+    optional={
+        "context": st.text(max_size=60),
+        "image": st.none() | st.text(max_size=40),
+        "top_k": st.none() | st.integers(1, 100),
+        "explain": st.booleans(),
+        "filters": st.none() | filters.map(lambda f: f.model_dump()),
+    },
+)
 
 
 @SETTINGS

@@ -105,8 +105,13 @@ def test_mimic_on_s3_with_richpedia_image_folder(tmp_path, s3_storage):
 
 def test_melbench_bad_records_counted_once(tmp_path, local_storage):
     data = {
-        "1": {"id": "1", "sentence": "A, B", "mentions": ["A", "B"], "entities": ["Aa", "Bb"],
-              "answer": ["Q1", "Q2"]},
+        "1": {
+            "id": "1",
+            "sentence": "A, B",
+            "mentions": ["A", "B"],
+            "entities": ["Aa", "Bb"],
+            "answer": ["Q1", "Q2"],
+        },
         "2": {"id": "2", "sentence": "C", "mentions": ["C"], "entities": ["Cc"], "answer": []},
         "3": "not a record",
         "4": {"id": "4", "sentence": "R", "mentions": "R", "entities": "Rr", "answer": "Q1"},  # scalars

@@ -76,8 +76,10 @@ async def soak(url: str, entities: list[dict]) -> dict:
     next_index = 0
     start = time.perf_counter()
 
-    async with httpx.AsyncClient(base_url=url, timeout=120,
-                                 limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=httpx.Limits(max_connections=CONCURRENCY)
+    ) as client:
+
         async def worker():
             nonlocal next_index
             while next_index < REQUESTS and time.perf_counter() - start < SECONDS:
@@ -102,10 +104,16 @@ async def soak(url: str, entities: list[dict]) -> dict:
     base = rss.get("baseline") or rss["end"]
     growth = {pid: rss["end"].get(pid, 0.0) - mb for pid, mb in base.items()}
     return {
-        "requests": len(latencies_ms), "wall_s": round(wall_s, 1), "rps": round(len(latencies_ms) / wall_s, 1),
-        "p50_ms": round(percentile(latencies_ms, 0.50), 1), "p99_ms": round(percentile(latencies_ms, 0.99), 1),
-        "statuses": dict(sorted(statuses.items())), "unexpected": unexpected[:20], "n_unexpected": len(unexpected),
-        "replica_processes": len(base), "rss_baseline_mb": round(sum(base.values()), 1),
+        "requests": len(latencies_ms),
+        "wall_s": round(wall_s, 1),
+        "rps": round(len(latencies_ms) / wall_s, 1),
+        "p50_ms": round(percentile(latencies_ms, 0.50), 1),
+        "p99_ms": round(percentile(latencies_ms, 0.99), 1),
+        "statuses": dict(sorted(statuses.items())),
+        "unexpected": unexpected[:20],
+        "n_unexpected": len(unexpected),
+        "replica_processes": len(base),
+        "rss_baseline_mb": round(sum(base.values()), 1),
         "rss_end_mb": round(sum(rss["end"].values()), 1),
         "rss_growth_max_mb": round(max(growth.values(), default=0.0), 1),
         "rss_growth_total_mb": round(sum(growth.values()), 1),

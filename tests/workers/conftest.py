@@ -13,15 +13,17 @@ def kb_env(tmp_path_factory):
     from workers.model_store import resolve_model_dir
 
     tmp = tmp_path_factory.mktemp("index")
-    cfg = load_config(overrides=[
-        f"storage.root={tmp / 'data'}",
-        f"storage.cache_dir={tmp / 'cache'}",
-        "kb.sample_entities=60",
-        "kb.sample_mentions=60",
-        "kb.rows_per_shard=20",
-        "encoder.batch_size=8",
-        "milvus.collection=ents",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={tmp / 'data'}",
+            f"storage.cache_dir={tmp / 'cache'}",
+            "kb.sample_entities=60",
+            "kb.sample_mentions=60",
+            "kb.rows_per_shard=20",
+            "encoder.batch_size=8",
+            "milvus.collection=ents",
+        ]
+    )
     build_kb(cfg.kb, cfg.storage, progress=False)
     images = tmp / "data" / "sample_src" / "images"
     (images / "E00003.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")

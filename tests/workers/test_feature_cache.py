@@ -13,13 +13,18 @@ from workers.feature_cache import FeatureCache
 
 def arrays(n, seed):
     rng = np.random.default_rng(seed)
-    return {"cls": rng.normal(size=(n, 4)).astype(np.float16), "tok": rng.normal(size=(n, 3, 2)).astype(np.float32)}
+    return {
+        "cls": rng.normal(size=(n, 4)).astype(np.float16),
+        "tok": rng.normal(size=(n, 3, 2)).astype(np.float32),
+    }
 
 
 def check_round_trip(cache: FeatureCache):
     a, b = arrays(5, 0), arrays(3, 1)
     cache.write_shard("part-00000", [f"a{i}" for i in range(5)], a)
-    cache.write_shard("part-00001", [f"b{i}" for i in range(3)], {k: torch.from_numpy(v) for k, v in b.items()})
+    cache.write_shard(
+        "part-00001", [f"b{i}" for i in range(3)], {k: torch.from_numpy(v) for k, v in b.items()}
+    )
     got = cache.load(["b2", "a0", "a4", "b0"])
     assert got["cls"].dtype == torch.float16 and got["tok"].shape == (4, 3, 2)
     expect = np.stack([b["cls"][2], a["cls"][0], a["cls"][4], b["cls"][0]])

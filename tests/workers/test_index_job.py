@@ -19,8 +19,9 @@ from workers.milvus_store import MilvusStore
 
 
 def index(cfg, model_dir, **kwargs):
-    return run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, progress=False,
-                     **kwargs)
+    return run_index(
+        cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, progress=False, **kwargs
+    )
 
 
 def all_ids(store: MilvusStore, collection: str) -> list[str]:
@@ -70,7 +71,9 @@ def test_stored_vectors_and_features_equal_a_direct_encoding(kb_env, ray_session
     cfg, model_dir = kb_env
     storage = Storage(cfg.storage)
     rows = read_entities(storage, cfg.kb.name).to_dicts()[:8]  # the first batch of shard 0
-    encoder = EntityEncoder(model_dir, cfg.encoder, device="cpu", loader=ImageLoader(cfg.encoder, cfg.storage, []))
+    encoder = EntityEncoder(
+        model_dir, cfg.encoder, device="cpu", loader=ImageLoader(cfg.encoder, cfg.storage, [])
+    )
     direct = encoder.encode_entities(rows)
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     collection = store.current_collection()
@@ -81,7 +84,9 @@ def test_stored_vectors_and_features_equal_a_direct_encoding(kb_env, ray_session
     assert sorted(loaded) == sorted(direct.cache)
     for key, value in direct.cache.items():
         assert loaded[key].numpy().dtype == value.dtype
-        np.testing.assert_allclose(loaded[key].numpy().astype(np.float32), value.astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(
+            loaded[key].numpy().astype(np.float32), value.astype(np.float32), atol=2e-3
+        )
     store.close()
 
 
@@ -124,7 +129,9 @@ def test_incremental_update_applies_added_changed_deleted(kb_env, ray_session, t
     cfg, model_dir = kb_env
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     collection = store.current_collection()
-    before = {r["entity_id"]: r["content_hash"] for r in store.get(["E00002", "E00003"], collection=collection)}
+    before = {
+        r["entity_id"]: r["content_hash"] for r in store.get(["E00002", "E00003"], collection=collection)
+    }
     rebuild_kb_with_changes(cfg)
 
     report = run_index_job(cfg, mode="incremental")
@@ -133,7 +140,9 @@ def test_incremental_update_applies_added_changed_deleted(kb_env, ray_session, t
     ids = all_ids(store, collection)
     assert len(ids) == len(set(ids)) == store.count(collection) == 60
     assert {"N00001", "N00002"} <= set(ids) and not {"E00000", "E00001"} & set(ids)
-    after = {r["entity_id"]: r["content_hash"] for r in store.get(["E00002", "E00003"], collection=collection)}
+    after = {
+        r["entity_id"]: r["content_hash"] for r in store.get(["E00002", "E00003"], collection=collection)
+    }
     assert after["E00002"] != before["E00002"] and after["E00003"] == before["E00003"]
     cache = FeatureCache(Storage(cfg.storage), collection)
     assert sorted(cache.ids()) == sorted(ids)
@@ -170,7 +179,10 @@ def test_reindex_keeps_search_answering_until_the_alias_swaps(kb_env, ray_sessio
         assert store.search(query, 1)[0][0].entity_id == "E00004" and store.count("ents") == 60
         assert old not in store.list_versions()  # the old collection was dropped after the swap
         storage = Storage(cfg.storage)
-        assert storage.list(storage.join("features", old)) == [] and storage.list(storage.join("index", old)) == []
+        assert (
+            storage.list(storage.join("features", old)) == []
+            and storage.list(storage.join("index", old)) == []
+        )
     finally:
         Storage(cfg.storage).write_bytes(progress_uri, manifest)
     store.close()

@@ -11,8 +11,16 @@ from workers.milvus_store import DimensionMismatchError, MilvusStore, clip_utf8,
 
 def rows(ids, dim=8, seed=0, name="e"):
     rng = np.random.default_rng(seed)
-    return [{"entity_id": i, "vector": rng.normal(size=dim), "name": f"{name}{i}", "has_image": True,
-             "content_hash": f"h{i}"} for i in ids]
+    return [
+        {
+            "entity_id": i,
+            "vector": rng.normal(size=dim),
+            "name": f"{name}{i}",
+            "has_image": True,
+            "content_hash": f"h{i}",
+        }
+        for i in ids
+    ]
 
 
 @pytest.fixture
@@ -37,12 +45,17 @@ def test_upsert_is_keyed_and_count_exact(store):
 def test_search_ranks_by_inner_product(store):
     store.create("ents_v1", 4)
     vecs = np.eye(4, dtype=np.float32)
-    store.upsert("ents_v1", [{"entity_id": f"e{i}", "vector": v, "name": f"n{i}"} for i, v in enumerate(vecs)])
+    store.upsert(
+        "ents_v1", [{"entity_id": f"e{i}", "vector": v, "name": f"n{i}"} for i, v in enumerate(vecs)]
+    )
     store.swap_alias("ents_v1")
     hits = store.search(np.array([[0.1, 0.0, 0.9, 0.2]]), top_k=2)
     assert [h.entity_id for h in hits[0]] == ["e2", "e3"]
     assert hits[0][0].name == "n2" and hits[0][0].score == pytest.approx(0.9, abs=1e-5)
-    assert [h.entity_id for h in store.search(vecs[:1], 3, filter='entity_id in ["e1", "e3"]')[0]] == ["e1", "e3"]
+    assert [h.entity_id for h in store.search(vecs[:1], 3, filter='entity_id in ["e1", "e3"]')[0]] == [
+        "e1",
+        "e3",
+    ]
 
 
 def test_alias_swap_drops_old_and_keeps_answering(store):

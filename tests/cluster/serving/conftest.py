@@ -45,18 +45,27 @@ def served_kb(tmp_path_factory, ray_session):
     from kb_builder.storage import Storage
 
     tmp = tmp_path_factory.mktemp("serve")
-    cfg = load_config(overrides=[
-        f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}",
-        "kb.sample_entities=120", "kb.sample_mentions=400", f"serve.port={free_port()}",
-        "serve.max_body_bytes=200000", "serve.max_image_bytes=100000", "serve.max_batch_mentions=8",
-        "serve.max_text_chars=500", "serve.num_cpus_per_replica=0.1",
-    ])
+    cfg = load_config(
+        overrides=[
+            f"storage.root={tmp / 'data'}",
+            f"storage.cache_dir={tmp / 'cache'}",
+            "kb.sample_entities=120",
+            "kb.sample_mentions=400",
+            f"serve.port={free_port()}",
+            "serve.max_body_bytes=200000",
+            "serve.max_image_bytes=100000",
+            "serve.max_batch_mentions=8",
+            "serve.max_text_chars=500",
+            "serve.num_cpus_per_replica=0.1",
+        ]
+    )
     build_kb(cfg.kb, cfg.storage, progress=False)
     lite_file = tmp / "data" / "milvus.db"
     cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(lite_file))
     model_dir = serving_model_dir(cfg)  # builds models/init once, before replicas load it
-    entities = read_entities(Storage(cfg.storage), cfg.kb.name,
-                             columns=["entity_id", "name", "description", "image_uris"]).to_dicts()
+    entities = read_entities(
+        Storage(cfg.storage), cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"]
+    ).to_dicts()
 
     url = start_serve(cfg)
     before = httpx.get(f"{url}/readyz", timeout=30).status_code

@@ -21,10 +21,13 @@ def index_collection(cfg, model_dir: Path, name: str, entities: list[dict]) -> s
     encoded = EntityEncoder(model_dir, cfg.encoder, device="cpu", loader=loader).encode_entities(entities)
     store = MilvusStore(cfg.milvus, cfg.milvus.uri)
     store.create(name, encoded.vectors.shape[1])
-    store.upsert(name, [
-        {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
-        for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
-    ])
+    store.upsert(
+        name,
+        [
+            {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
+            for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
+        ],
+    )
     store.flush(name)
     FeatureCache(Storage(cfg.storage), name).write_shard("part-00000", encoded.ids, encoded.cache)
     store.close()

@@ -48,7 +48,9 @@ def test_body_that_is_not_json(client):
 
 
 def test_bad_base64_and_undecodable_images(client):
-    check_error(client.post("/link", json={"mention": "Damoza", "image": "%%%not-base64%%%"}), 400, "image", "base64")
+    check_error(
+        client.post("/link", json={"mention": "Damoza", "image": "%%%not-base64%%%"}), 400, "image", "base64"
+    )
     junk = base64.b64encode(b"these bytes are no image format at all").decode()
     check_error(client.post("/link", json={"mention": "Damoza", "image": junk}), 400, "image", "decodable")
     truncated_png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode()
@@ -56,7 +58,11 @@ def test_bad_base64_and_undecodable_images(client):
 
 
 def test_image_uris_outside_the_allowed_roots(served_kb, client):
-    for uri in ("file:///etc/passwd", "/etc/hostname.png", f"{served_kb.cfg.storage.root}/../../../etc/x.png"):
+    for uri in (
+        "file:///etc/passwd",
+        "/etc/hostname.png",
+        f"{served_kb.cfg.storage.root}/../../../etc/x.png",
+    ):
         body = check_error(client.post("/link", json={"mention": "Damoza", "image": uri}), 400, "image")
         assert "allowed" in body["error"] or ".." in body["error"]
     missing = f"{served_kb.cfg.storage.root}/sample_src/images/NOPE.png"
@@ -67,7 +73,9 @@ def test_size_limits_are_413(client):
     check_error(client.post("/link", json={"mention": "a" * 501}), 413, "mention", "max_text_chars")
     check_error(client.post("/link", json={"mention": "a", "context": "b" * 501}), 413, "context")
     big_image = base64.b64encode(os.urandom(120_000)).decode()
-    check_error(client.post("/link", json={"mention": "a", "image": big_image}), 413, "image", "max_image_bytes")
+    check_error(
+        client.post("/link", json={"mention": "a", "image": big_image}), 413, "image", "max_image_bytes"
+    )
     reply = client.post("/link", json={"mention": "a", "context": "c" * 300_000})
     assert reply.status_code == 413 and "max_body_bytes" in reply.json()["error"]
     too_many = {"mentions": [{"mention": f"m{i}"} for i in range(9)]}

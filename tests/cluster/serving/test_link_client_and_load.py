@@ -14,8 +14,9 @@ from cluster.link_client import format_table, link, request_body
 
 def test_link_client_prints_a_ranked_table(served_kb):
     entity = next(e for e in served_kb.entities if e["image_uris"])
-    table = link(served_kb.url, entity["name"], context=entity["description"], image=entity["image_uris"][0],
-                 top_k=3)
+    table = link(
+        served_kb.url, entity["name"], context=entity["description"], image=entity["image_uris"][0], top_k=3
+    )
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["rank", "score", "entity_id", "name"]
     assert lines[2].split()[0] == "1" and lines[2].split()[2] == entity["entity_id"]
@@ -38,8 +39,13 @@ def test_link_client_reports_server_errors(served_kb):
 
 
 def test_format_table_truncates_and_marks_nil():
-    reply = {"candidates": [{"rank": 1, "score": 0.5, "entity_id": "E1", "name": "N", "description": "d" * 500}],
-             "nil": True, "nil_threshold": 0.9, "collection": "c", "timings_ms": {"total": 3.0}}
+    reply = {
+        "candidates": [{"rank": 1, "score": 0.5, "entity_id": "E1", "name": "N", "description": "d" * 500}],
+        "nil": True,
+        "nil_threshold": 0.9,
+        "collection": "c",
+        "timings_ms": {"total": 3.0},
+    }
     table = format_table(reply)
     assert "d" * 57 + "..." in table and "d" * 61 not in table
     assert "NIL" in table
@@ -57,7 +63,9 @@ def test_bounded_concurrent_load_has_no_5xx(served_kb):
         if kind == 1:
             return "/link", {"mention": e["name"], "image": e["image_uris"][0], "explain": True}
         if kind == 2:
-            return "/link/batch", {"mentions": [{"mention": x["name"]} for x in entities[i % 50 : i % 50 + 3]]}
+            return "/link/batch", {
+                "mentions": [{"mention": x["name"]} for x in entities[i % 50 : i % 50 + 3]]
+            }
         if kind == 3:
             return "/link", {"mention": e["name"], "image": "%%%"}  # a client error under load
         return "/link", {"mention": e["name"], "filters": {"has_image": True}}
@@ -65,10 +73,12 @@ def test_bounded_concurrent_load_has_no_5xx(served_kb):
     async def run() -> list[int]:
         limit = asyncio.Semaphore(16)
         async with httpx.AsyncClient(base_url=served_kb.url, timeout=600) as client:
+
             async def one(i: int) -> int:
                 path, payload = body(i)
                 async with limit:
                     return (await client.post(path, json=payload)).status_code
+
             return await asyncio.gather(*(one(i) for i in range(200)))
 
     statuses = asyncio.run(run())

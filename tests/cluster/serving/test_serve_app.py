@@ -78,7 +78,9 @@ def test_filters_restrict_candidates(served_kb, client):
     assert entity["entity_id"] == by_name["candidates"][0]["entity_id"]
     with_image = client.post("/link", json=gold_body(entity, filters={"has_image": True})).json()
     assert with_image["candidates"][0]["entity_id"] == entity["entity_id"]
-    none = client.post("/link", json=gold_body(entity, filters={"has_image": False})).json()  # all have images
+    none = client.post(
+        "/link", json=gold_body(entity, filters={"has_image": False})
+    ).json()  # all have images
     assert none["candidates"] == [] and none["nil"] is True
     quoted = client.post("/link", json=gold_body(entity, filters={"name": 'x" or name != "'}))
     assert quoted.status_code == 200 and quoted.json()["candidates"] == []  # a literal, not an expression
@@ -91,7 +93,9 @@ def test_batch_matches_single(served_kb, client):
     results = batch.json()["results"]
     assert [r["candidates"][0]["entity_id"] for r in results] == [e["entity_id"] for e in sample]
     single = client.post("/link", json=gold_body(sample[1], top_k=3)).json()
-    assert [c["entity_id"] for c in single["candidates"]] == [c["entity_id"] for c in results[1]["candidates"]]
+    assert [c["entity_id"] for c in single["candidates"]] == [
+        c["entity_id"] for c in results[1]["candidates"]
+    ]
 
 
 def test_entities_endpoint(served_kb, client):
@@ -126,7 +130,12 @@ def test_print_serve_config_is_a_serve_yaml(served_kb):
     doc = yaml.safe_load(print_serve_config(served_kb.cfg))
     (app,) = doc["applications"]
     assert app["import_path"] == "cluster.serve:app_builder"
-    assert {d["name"] for d in app["deployments"]} == {"LinkIngress", "MentionEncoder", "Retriever", "Reranker"}
+    assert {d["name"] for d in app["deployments"]} == {
+        "LinkIngress",
+        "MentionEncoder",
+        "Retriever",
+        "Reranker",
+    }
     retriever = next(d for d in app["deployments"] if d["name"] == "Retriever")
     assert retriever["num_replicas"] == 1 or "autoscaling_config" in retriever
     assert doc["http_options"]["port"] == served_kb.cfg.serve.port
@@ -140,7 +149,9 @@ def test_new_alias_is_picked_up_without_restart(served_kb, client):
 
     entity = served_kb.entities[10]
     rest = [e for e in served_kb.entities if e["entity_id"] != entity["entity_id"]]
-    second = index_collection(served_kb.cfg, served_kb.model_dir, f"{served_kb.cfg.milvus.collection}_v2", rest)
+    second = index_collection(
+        served_kb.cfg, served_kb.model_dir, f"{served_kb.cfg.milvus.collection}_v2", rest
+    )
     swap_alias(served_kb.cfg, second)
     try:
         body = {}
