@@ -119,6 +119,8 @@ def _print_answers(answers: list[dict]) -> None:
 
 def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     """Run every stage in order; each stage writes its artifacts under `storage.root` and can be rerun alone."""
+    import ray
+
     from cluster.evaluate import run_eval
     from cluster.index import run_index_job
     from cluster.ray_runtime import init_ray, shutdown_ray
@@ -127,6 +129,7 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     from kb_builder.storage import Storage
 
     result = QuickstartResult()
+    owns_ray = not ray.is_initialized()  # a caller's Ray (e.g. a test session) is left running
     init_ray(cfg.ray)
     try:
         with _Timer(result, "kb build"):
@@ -153,9 +156,24 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
             result.answers = _serve_and_link(cfg, result.model_dir, n_demo)
             _print_answers(result.answers)
     finally:
-        shutdown_ray()
+        if owns_ray:
+            shutdown_ray()
     print("\n" + result.summary())
     return result
+
+
+def _wait_ready(url: str, attempts: int = 120) -> None:
+    """Poll /readyz (1 s apart) until the proxy answers 200: deployment and HTTP binding are not simultaneous."""
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the linking service at {url} did not become ready in {attempts} s")
 
 
 def _serve_and_link(cfg, model_dir: str, n_demo: int) -> list[dict]:
@@ -167,6 +185,7 @@ def _serve_and_link(cfg, model_dir: str, n_demo: int) -> list[dict]:
     cfg.serve.access_log = False  # keep the demo's answers readable
     url = start_serve(cfg)
     try:
+        _wait_ready(url)
         print(f"serving at {url} (OpenAPI at {url}/docs)")
         return link_over_http(url, _pick_demo_mentions(cfg, n_demo))
     finally:

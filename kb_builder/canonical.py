@@ -100,7 +100,9 @@ def _as_list(frame: pl.DataFrame, name: str) -> pl.Expr:
     if name not in frame.columns:
         return pl.lit([], dtype=pl.List(pl.String))
     dtype = frame.schema[name]
-    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List | pl.Struct | pl.Array):
+    if isinstance(dtype, pl.Struct | pl.Array) or (
+        isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List | pl.Struct | pl.Array)
+    ):
         # A list of lists (or objects) in some row: flatten to its strings rather than fail the whole build.
         col = pl.col(name).map_elements(_flat_strings, return_dtype=pl.List(pl.String), skip_nulls=True)
     elif isinstance(dtype, pl.List):

@@ -9,8 +9,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_quickstart_end_to_end(mel_config, ray_session):
     from cluster.quickstart import run_quickstart
+    from tests.conftest import free_port
 
     cfg = mel_config
+    cfg.serve.port = free_port()  # never collide with a server already on 8000
     result = run_quickstart(cfg, n_demo=8)
 
     # every entity of the built KB is in Milvus, exactly once
