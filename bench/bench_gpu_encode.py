@@ -16,30 +16,11 @@ import functools
 import time
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from mmoe.config import MMoEConfig
 from mmoe.model import MMoEModel
-
-
-def vit_b32_config() -> CLIPConfig:
-    text = dict(
-        hidden_size=512,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=8,
-        vocab_size=49408,
-        max_position_embeddings=77,
-    )
-    vision = dict(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=32,
-    )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+from mmoe.pretrained import vit_b32_clip_config
 
 
 def make_batch(n: int, device: str) -> dict[str, torch.Tensor]:
@@ -80,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
-    clip_cfg = vit_b32_config()
+    clip_cfg = vit_b32_clip_config()
     model = MMoEModel(MMoEConfig(text_max_tokens=50), clip_cfg).to(dev).eval()
     clip = CLIPModel(clip_cfg).to(dev).eval()
     batch = make_batch(args.batch, dev)

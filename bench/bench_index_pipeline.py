@@ -35,10 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_model(clip_size: str, corpus: list[str], out: Path) -> None:
     """Save a random-weight MMoE: the tiny test CLIP, or real ViT-B/32 dimensions (800-d retrieval vectors)."""
-    from transformers import CLIPConfig
 
     from mmoe.model import MMoEModel
-    from mmoe.pretrained import build_tiny_model, save_pretrained
+    from mmoe.pretrained import build_tiny_model, save_pretrained, vit_b32_clip_config
     from mmoe.processor import SPECIAL_TOKENS, MMoEProcessor
 
     if clip_size == "tiny":
@@ -53,26 +52,7 @@ def build_model(clip_size: str, corpus: list[str], out: Path) -> None:
             "bos_token_id": SPECIAL_TOKENS["[BOS]"],
             "eos_token_id": SPECIAL_TOKENS["[EOS]"],
         }
-        text = dict(
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            **ids,
-        )
-        vision = dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        )
-        model = MMoEModel(
-            mmoe_cfg, CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
-        ).eval()
+        model = MMoEModel(mmoe_cfg, vit_b32_clip_config(**ids)).eval()
     save_pretrained(out, model, processor)
 
 

@@ -103,3 +103,25 @@ def build_from_clip(
         model = MMoEModel(mmoe_cfg, clip.config)
     model.features.clip.load_state_dict(clip.state_dict())
     return model.eval(), processor
+
+
+def vit_b32_clip_config(**text_overrides) -> CLIPConfig:
+    """The architecture of openai/clip-vit-base-patch32 (dims only, no weights): real-size benchmarks offline."""
+    text = dict(
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        **text_overrides,
+    )
+    vision = dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
