@@ -43,9 +43,8 @@ def mel_config(tmp_path):
     )
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole test session (2 CPUs, small object store)."""
+def init_test_ray() -> None:
+    """The tests' local Ray (2 CPUs, small object store); a no-op when one is running."""
     import ray
 
     if not ray.is_initialized():
@@ -57,6 +56,14 @@ def ray_session():
             namespace="mel-tests",
             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
         )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs, small object store)."""
+    import ray
+
+    init_test_ray()
     yield ray
     # Left running: session teardown shuts Ray down (see pytest_sessionfinish).
 

@@ -7,13 +7,21 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_quickstart_end_to_end(mel_config, ray_session):
+def test_quickstart_end_to_end(mel_config):
+    """Runs like a user's first run: on a fresh local Ray that the quickstart starts and stops itself (earlier
+    tests kill Serve actors in the shared test Ray); the shared Ray is started again afterwards."""
+    import ray
+
     from cluster.quickstart import run_quickstart
-    from tests.conftest import free_port
+    from tests.conftest import free_port, init_test_ray
 
     cfg = mel_config
     cfg.serve.port = free_port()  # never collide with a server already on 8000
-    result = run_quickstart(cfg, n_demo=8)
+    ray.shutdown()
+    try:
+        result = run_quickstart(cfg, n_demo=8)
+    finally:
+        init_test_ray()
 
     # every entity of the built KB is in Milvus, exactly once
     assert result.entities == cfg.kb.sample_entities
