@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import io
+import json
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.schemas import BatchLinkRequest, BatchLinkResponse, Entity, LinkRequest, LinkResponse, MentionIn
 
@@ -53,7 +55,11 @@ def _error(status: int, message: str, request: Request, field: str | None = None
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over `max_body_bytes`, by Content-Length or by counting a chunked body."""
+    """ASGI middleware: 413 for bodies over `max_body_bytes`, by Content-Length or by counting a chunked body.
+
+    The body is read here, before the app parses it, and replayed to the app: an error raised inside the app's
+    own `receive()` would be caught by FastAPI's body parsing and turned into its generic 400.
+    """
 
     def __init__(self, app, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
@@ -61,46 +67,54 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
-        seen = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal seen
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._refuse(headers, send)
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > self.max_body_bytes:
-                raise _BodyTooLarge()
-            return message
+                return await self._refuse(headers, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for the disconnect, as ASGI expects
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        if not too_large:
-            try:
-                return await self.app(scope, counting_receive, tracking_send)
-            except _BodyTooLarge:
-                if started:
-                    return
-        body = (
-            b'{"error": "request body is larger than max_body_bytes (%d)", "field": "body", "request_id": "-"}'
-            % self.max_body_bytes
-        )
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, headers: dict, send) -> None:
+        rid = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex[:16]
+        body = {
+            "error": f"body: request body is larger than max_body_bytes ({self.max_body_bytes})",
+            "field": "body",
+            "request_id": rid,
+        }
+        payload = json.dumps(body).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json")],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-request-id", rid.encode("latin-1")),
+                    (b"connection", b"close"),  # the unread rest of the body must not be taken for a request
+                ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await send({"type": "http.response.body", "body": payload})
 
 
 def _field_name(loc: tuple) -> str:
@@ -204,6 +218,15 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
         if first.get("type") == "extra_forbidden":
             return _error(422, f"{field}: unknown field", request, field)
         return _error(422, f"{field}: {first.get('msg', 'invalid')}", request, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """FastAPI's own 4xx (unreadable body, unknown route, wrong method) in the same error body as ours."""
+        if exc.status_code == 400:  # raised by FastAPI's body parsing, e.g. a body that is not UTF-8
+            return _error(400, "body: cannot be read as UTF-8 JSON", request, "body")
+        response = _error(exc.status_code, str(exc.detail), request)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

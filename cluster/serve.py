@@ -19,14 +19,18 @@ import asyncio
 import copy
 import dataclasses
 import json
+import logging
 import signal
 import threading
 
+import ray
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
 
 from cluster.config import MELConfig, load_config, milvus_uri
+
+log = logging.getLogger("mel.serve")
 
 APP_NAME = "mel"
 
@@ -308,7 +312,47 @@ def start_serve(cfg: MELConfig) -> str:
 
     logging_config = LoggingConfig(enable_access_log=cfg.serve.access_log)
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=logging_config)
-    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+    host, port = _proxy_address(cfg.serve.host, cfg.serve.port)
+    _wait_for_port(host, port)
+    return f"http://{host}:{port}"
+
+
+def _proxy_address(host: str, port: int) -> tuple[str, int]:
+    """Where Serve's proxy really listens: `serve.start` keeps the HTTP options of a Serve instance that is
+    already running in this Ray cluster, so a configured port can be silently ignored; say so, and use it."""
+    try:
+        from ray.serve.context import _get_global_client  # no public API exposes the live HTTP options
+
+        live = ray.get(_get_global_client()._controller.get_http_config.remote())
+    except Exception:  # a Ray version without it: trust the config
+        return host, port
+    if (live.host, live.port) != (host, port):
+        log.warning(
+            "Serve was already running on %s:%s in this Ray cluster; serve.host/port (%s:%s) are ignored",
+            live.host,
+            live.port,
+            host,
+            port,
+        )
+    return live.host, live.port
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float = 120.0) -> None:
+    """Return once the HTTP proxy accepts connections (a proxy restarted on a new port lags `serve.run`)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Serve's HTTP proxy is not listening on {host}:{port} after {timeout_s:.0f} s"
+                ) from None
+            time.sleep(0.25)
 
 
 def run_serve(cfg: MELConfig) -> None:

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,7 @@ def _manifest(
         "kb_name": kb.name,
         "kb_version": version,
         "build_time": started.isoformat(timespec="seconds"),
+        "build_id": f"{started:%Y%m%dT%H%M%SZ}-{version[:8]}-{uuid.uuid4().hex[:6]}",  # its shards' folder
         "entities": {"rows": tables.rows["entities"], "shards": tables.shards["entities"]},
         "mentions": {
             "rows": tables.rows["mentions"],

@@ -1,7 +1,10 @@
 """Sharded Parquet tables + manifest.json: the artifact every later stage reads (docs/contracts.md).
 
-Writes go to a local staging folder first and are published (moved or uploaded) only after every shard is
-written, so a failed build leaves the previous KB intact; manifest.json is written last.
+Writes go to a local staging folder first. Publishing uploads (or moves) a build into its own folder
+`builds/<build_id>/` and then rewrites manifest.json to point at it: the manifest write is the one commit point,
+so a build that fails at any step before it leaves the previous manifest and every file it lists untouched.
+The previous build's folder is kept (readers that opened it keep working; `manifest.prev.json` points at it);
+older ones, and folders of builds that failed, are deleted by the next successful publish.
 """
 
 from __future__ import annotations
@@ -77,31 +80,70 @@ class ShardWriter:
         )
 
 
+def _put(storage: Storage, src: Path, target: str, move: bool) -> None:
+    """One staged file to `target` (an S3 upload, or a rename/copy that never leaves a half-written file)."""
+    if is_s3(target):
+        bucket, key = split_s3(target)
+        storage.s3.upload_file(str(src), bucket, key)
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        try:
+            os.replace(src, target)  # same file system: a rename, no copy
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, target + ".tmp")
+    os.replace(target + ".tmp", target)
+
+
 def publish(storage: Storage, staging: Path, kb_name: str, manifest: dict, extra_files: list[str]) -> str:
-    """Move/upload staged shards and `extra_files` (names under staging) into place, drop stale shards,
-    then write manifest.json (last: readers trust only what the manifest lists). Returns the manifest URI."""
+    """Upload the staged shards and `extra_files` into `builds/<manifest['build_id']>/`, switch manifest.json to
+    them (the commit point), then refresh the top-level copies of `extra_files` (rejects.jsonl, diff.json: for
+    people; code reads the build's own) and delete builds other than this one and the previous. Returns the
+    manifest URI. `manifest`'s shard paths are rewritten to the build folder."""
     dest = kb_uri(storage, kb_name)
-    new_paths = {s["path"] for kind in KINDS for s in manifest[kind]["shards"]}
-    for rel in sorted(new_paths) + extra_files:
-        src = staging / rel
-        target = child(dest, rel)
-        if is_s3(target):
-            bucket, key = split_s3(target)
-            storage.s3.upload_file(str(src), bucket, key)
-        else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(src, target)  # same file system: a rename, no copy
-            except OSError:
-                shutil.copyfile(src, target + ".tmp")
-                os.replace(target + ".tmp", target)
+    build_dir = f"builds/{manifest['build_id']}"
     for kind in KINDS:
-        for uri in storage.list(child(dest, kind) + ("/" if is_s3(dest) else "")):
-            if f"{kind}/{uri.rsplit('/', 1)[-1]}" not in new_paths:
-                storage.delete(uri)
+        for shard in manifest[kind]["shards"]:
+            staged = shard["path"].rsplit("/", 2)[-2:]  # <kind>/part-*.parquet under staging
+            rel = "/".join(staged)
+            _put(storage, staging / rel, child(dest, f"{build_dir}/{rel}"), move=True)
+            shard["path"] = f"{build_dir}/{rel}"
+    for rel in extra_files:
+        _put(storage, staging / rel, child(dest, f"{build_dir}/{rel}"), move=False)
+    manifest["build_dir"] = build_dir
+    previous = _read_json(storage, child(dest, "manifest.json"))
     manifest_uri = child(dest, "manifest.json")
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    for rel in extra_files:  # after the commit: the top-level copies always describe the live build
+        _put(storage, staging / rel, child(dest, rel), move=True)
+    keep = {build_dir, (previous or {}).get("build_dir")}
+    _drop_stale_files(storage, dest, keep - {None})
     return manifest_uri
+
+
+def _read_json(storage: Storage, uri: str) -> dict | None:
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def _drop_stale_files(storage: Storage, dest: str, keep_dirs: set[str]) -> None:
+    """Delete build folders not in `keep_dirs` and shards of the pre-`builds/` layout (`<kind>/part-*`)."""
+    sep = "/" if is_s3(dest) else os.sep
+    for uri in storage.list(child(dest, "builds") + ("/" if is_s3(dest) else "")):
+        rel = uri[len(dest.rstrip(sep)) + 1 :].replace(os.sep, "/")
+        if "/".join(rel.split("/")[:2]) not in keep_dirs:
+            storage.delete(uri)
+    for kind in KINDS:
+        for uri in storage.list(child(dest, kind) + ("/" if is_s3(dest) else "")):
+            storage.delete(uri)
+    if not is_s3(dest):  # local: remove the folders the deletes emptied
+        for folder in [Path(dest, "builds"), *(Path(dest, k) for k in KINDS)]:
+            for sub in sorted(folder.rglob("*"), reverse=True) if folder.exists() else []:
+                if sub.is_dir() and not any(sub.iterdir()):
+                    sub.rmdir()
+            if folder.exists() and folder != Path(dest, "builds") and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 # -- read API (docs/contracts.md) ----------------------------------------------------------------------
@@ -143,8 +185,9 @@ def read_mentions(storage: Storage, kb_name: str, split: str | None = None) -> p
 
 def read_diff(storage: Storage, kb_name: str) -> dict:
     """{added, changed, deleted} entity ids: the last build vs the one before (first build: all added)."""
-    uri = child(kb_uri(storage, kb_name), "diff.json")
+    manifest = read_manifest(storage, kb_name)  # a clear error when the KB itself is missing
+    rel = f"{manifest['build_dir']}/diff.json" if manifest.get("build_dir") else "diff.json"  # older layout
+    uri = child(kb_uri(storage, kb_name), rel)
     if not storage.exists(uri):
-        read_manifest(storage, kb_name)  # a clear error when the KB itself is missing
         return {"added": [], "changed": [], "deleted": []}
     return json.loads(storage.read_bytes(uri))

@@ -325,30 +325,29 @@ def test_oversized_streamed_body_without_content_length_is_refused(http):
     assert http.post("/link", json={"mention": "ok"}).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster/api.py:BodyLimit raises _BodyTooLarge inside receive(), where "
-    "FastAPI's body parsing catches it: a chunked body over max_body_bytes gets FastAPI's "
-    "400 {'detail': 'There was an error parsing the body'} instead of the 413 error body",
-)
 def test_oversized_streamed_body_is_a_413_naming_max_body_bytes(http):
     reply = http.post("/link", content=chunked_oversized_body(), headers={"content-type": "application/json"})
-    assert reply.status_code == 413 and "max_body_bytes" in reply.json()["error"]
+    assert reply.status_code == 413 and "max_body_bytes (200000)" in reply.json()["error"], reply.text
+    assert reply.json()["field"] == "body" and reply.json()["request_id"]
+    assert http.post("/link", json={"mention": "ok"}).status_code == 200  # the app is unharmed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster/api.py:create_app has no handler for Starlette's HTTPException: a "
-    "body that is not UTF-8 gets FastAPI's 400 {'detail': ...} without the error/field/request_id "
-    "body (cluster/schemas.py:ErrorBody) every other 4xx has",
-)
 def test_a_body_that_is_not_utf8_gets_the_standard_error_body(http):
     reply = http.post(
         "/link", content=b'{"mention": "caf\xe9"}', headers={"content-type": "application/json"}
     )
     assert 400 <= reply.status_code < 500
     body = reply.json()
-    assert body["field"] == "body" and body["request_id"], body
+    assert body["field"] == "body" and body["request_id"] and "UTF-8" in body["error"], body
+
+
+def test_unknown_routes_and_methods_get_the_standard_error_body(http):
+    missing = http.get("/no/such/route")
+    assert (
+        missing.status_code == 404 and missing.json()["error"] == "Not Found" and missing.json()["request_id"]
+    )
+    wrong = http.get("/link")
+    assert wrong.status_code == 405 and wrong.json()["request_id"] and "POST" in wrong.headers["allow"]
 
 
 def test_bad_image_payloads_over_http_name_the_field(http, fault_app):

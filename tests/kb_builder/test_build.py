@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -97,16 +98,38 @@ def test_s3_inputs_and_outputs(s3_storage, tmp_path):
     entities = read_entities(store, "t")
     assert entities["image_uris"][0].to_list() == [store.join("inputs", "images", "q0.png")]
     assert read_mentions(store, "t", "train").height == 2
-    assert len(store.list(store.join("kb", "t", "entities"))) == 2
+    assert len(entity_shard_uris(store, "t")) == 2
+    first_build = read_manifest(store, "t")["build_dir"]
     # rebuild from a changed S3 input: the diff is computed against the shards on S3, stale shards go
     write_jsonl(tmp_path / "e.jsonl", [entity(0, name="Renamed")])
     store.upload_dir(tmp_path, store.join("inputs"))
     again = build_kb(kb, s3_storage, progress=False)
     assert again.diff == {"added": 0, "changed": 1, "deleted": 2}
     assert read_diff(store, "t")["deleted"] == ["Q1", "Q2"]
-    assert store.list(store.join("kb", "t", "entities")) == [
-        store.join("kb", "t", "entities", "part-00000.parquet")
+    second_build = read_manifest(store, "t")["build_dir"]
+    assert entity_shard_uris(store, "t") == [
+        store.join("kb", "t", second_build, "entities", "part-00000.parquet")
     ]
+    builds = {
+        "/".join(u.split("/kb/t/")[1].split("/")[:2]) for u in store.list(store.join("kb", "t", "builds"))
+    }
+    assert builds == {first_build, second_build}  # the live build and the previous one, nothing else
+
+
+def test_each_build_publishes_to_its_own_folder_and_keeps_one_previous(tmp_path, local_storage):
+    path = tmp_path / "e.jsonl"
+    store = Storage(local_storage)
+    dirs = []
+    for n in (3, 4, 5):
+        write_jsonl(path, [entity(i) for i in range(n)])
+        build_kb(kb_config([path], rows_per_shard=2), local_storage, progress=False)
+        dirs.append(read_manifest(store, "t")["build_dir"])
+        assert read_entities(store, "t").height == n
+    assert len(set(dirs)) == 3
+    on_disk = sorted(p.name for p in Path(local_storage.root, "kb/t/builds").iterdir())
+    assert on_disk == sorted(d.split("/")[1] for d in dirs[1:])  # the oldest build folder is gone
+    assert read_diff(store, "t")["added"] == ["Q4"]
+    assert json.loads(Path(local_storage.root, "kb/t/diff.json").read_text())["added"] == ["Q4"]
 
 
 def test_sample_build_on_s3(s3_storage):

@@ -63,16 +63,21 @@ def test_kb_shards_and_manifest_live_on_s3(s3_kb, s3_server):
     assert report.entities == manifest["entities"]["rows"] == read_entities(storage, "sample").height
     assert report.mentions == manifest["mentions"]["rows"] == read_mentions(storage, "sample").height
     assert report.entities > 20  # more than one shard of 20 rows
+    build = manifest["build_dir"]
+    assert build.startswith("builds/") and manifest["build_id"] in build
     assert entity_shard_uris(storage, "sample") == [
-        f"s3://{bucket}/{PREFIX}/kb/sample/entities/part-00000.parquet",
-        f"s3://{bucket}/{PREFIX}/kb/sample/entities/part-00001.parquet",
+        f"s3://{bucket}/{PREFIX}/kb/sample/{build}/entities/part-00000.parquet",
+        f"s3://{bucket}/{PREFIX}/kb/sample/{build}/entities/part-00001.parquet",
     ]
     keys = _keys(s3_server, bucket, f"{PREFIX}/kb/sample/")
     for name in (
         "manifest.json",
-        "entities/part-00000.parquet",
-        "entities/part-00001.parquet",
-        "mentions/part-00000.parquet",
+        "diff.json",
+        "rejects.jsonl",
+        f"{build}/entities/part-00000.parquet",
+        f"{build}/entities/part-00001.parquet",
+        f"{build}/mentions/part-00000.parquet",
+        f"{build}/diff.json",
     ):
         assert f"{PREFIX}/kb/sample/{name}" in keys
     sources = _keys(s3_server, bucket, f"{PREFIX}/sample_src/")
