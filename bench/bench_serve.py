@@ -8,6 +8,12 @@ and prints the overhead ratio (HTTP p50 / in-process p50) and the batching ratio
 in this one run. Request counts are bounded; everything stays on 127.0.0.1.
 
     python3 bench/bench_serve.py [--requests 64] [--levels 1,8,32] [--set section.key=value ...]
+
+With `--url`, it measures a server that is already running (`mel serve` after `mel index` and `mel train`, the
+user's path) with the KB's test mentions instead: p50/p99/rps of `/link` beside `/healthz` (the HTTP round trip
+alone, the baseline) and Hits@1 of the answers, at each concurrency level.
+
+    python3 bench/bench_serve.py --url http://127.0.0.1:8000 [--set storage.root=./mel_data]
 """
 
 from __future__ import annotations
@@ -90,24 +96,66 @@ def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> di
     return summary(latencies, time.perf_counter() - start)
 
 
-async def _bench_http(url: str, bodies: list[dict], concurrency: int, n: int) -> dict:
+async def _bench_http(
+    url: str, bodies: list[dict], concurrency: int, n: int, path: str = "/link", golds: list | None = None
+) -> dict:
     import httpx
 
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(
         base_url=url, timeout=300, limits=httpx.Limits(max_connections=concurrency)
     ) as client:
+        hits = []
 
         async def one(i: int) -> float:
             async with limit:
                 start = time.perf_counter()
-                reply = await client.post("/link", json=bodies[i % len(bodies)])
+                if path == "/link":
+                    reply = await client.post(path, json=bodies[i % len(bodies)])
+                else:
+                    reply = await client.get(path)
                 reply.raise_for_status()
-                return (time.perf_counter() - start) * 1000
+                elapsed = (time.perf_counter() - start) * 1000
+                if golds is not None:
+                    top = reply.json()["candidates"][:1]
+                    hits.append(bool(top) and top[0]["entity_id"] == golds[i % len(golds)])
+                return elapsed
 
         start = time.perf_counter()
         latencies = await asyncio.gather(*(one(i) for i in range(n)))
-    return summary(list(latencies), time.perf_counter() - start)
+    result = summary(list(latencies), time.perf_counter() - start)
+    if hits:
+        result["hits1"] = sum(hits) / len(hits)
+    return result
+
+
+def bench_running_server(url: str, cfg, levels: list[int], n: int) -> int:
+    """Measure a running `mel serve` with the KB's test mentions; baseline: `/healthz` on the same server."""
+    from kb_builder.shards import read_mentions
+    from kb_builder.storage import Storage
+
+    mentions = read_mentions(Storage(cfg.storage), cfg.kb.name, "test")
+    mentions = mentions.filter(mentions["gold_entity_id"].is_not_null())
+    bodies, golds = [], []
+    for row in mentions.to_dicts():
+        body = {"mention": row["mention"], "context": row["context"], "top_k": 5}
+        if row["image_uri"] and Path(row["image_uri"]).exists():
+            body["image"] = base64.b64encode(Path(row["image_uri"]).read_bytes()).decode()
+        bodies.append(body)
+        golds.append(row["gold_entity_id"])
+    print(
+        f"\nbench_serve --url {url}: {len(bodies)} test mentions of KB {cfg.kb.name!r}, {n} requests per cell"
+    )
+    print(f"{'conc':>5}{'/link p50':>11}{'p99':>9}{'req/s':>9}{'Hits@1':>8}{'/healthz p50':>14}{'ratio':>7}")
+    for c in levels:
+        asyncio.run(_bench_http(url, bodies, c, 4))  # warm-up
+        link = asyncio.run(_bench_http(url, bodies, c, n, "/link", golds))
+        health = asyncio.run(_bench_http(url, bodies, c, n, "/healthz"))
+        print(
+            f"{c:>5}{link['p50']:>11.1f}{link['p99']:>9.1f}{link['rps']:>9.1f}{link['hits1']:>8.3f}"
+            f"{health['p50']:>14.1f}{link['p50'] / health['p50']:>6.1f}x"
+        )
+    return 0
 
 
 def bench_http(url, bodies, concurrency, n) -> dict:
@@ -120,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per (mode, concurrency) cell")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--url", default=None, help="measure this running server (`mel serve`) instead")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
+    if args.url:
+        from cluster.config import load_config
+
+        return bench_running_server(
+            args.url.rstrip("/"), load_config(overrides=args.set), levels, args.requests
+        )
 
     import ray
     from milvus_lite.server_manager import server_manager_instance

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.index_guard import IndexModelMismatch
 from cluster.schemas import BatchLinkRequest, BatchLinkResponse, Entity, LinkRequest, LinkResponse, MentionIn
 
 log = logging.getLogger("mel.api")
@@ -227,6 +228,12 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
         response = _error(exc.status_code, str(exc.detail), request)
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
+
+    @app.exception_handler(IndexModelMismatch)
+    async def index_mismatch(request: Request, exc: IndexModelMismatch):
+        """Not the client's fault and not a crash: the deployment is misconfigured until re-indexed."""
+        log.error("request %s refused: %s", getattr(request.state, "request_id", "-"), exc)
+        return _error(503, str(exc), request)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

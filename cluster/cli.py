@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="encode the KB on Ray actors into Milvus")
     index.add_argument("--mode", choices=["full", "incremental"], default="full")
     index.add_argument(
-        "--checkpoint", default="", help="model folder (default: best trained, else untrained)"
+        "--checkpoint",
+        default="",
+        help="model folder (default: the one `mel serve` uses: serve.checkpoint, else best trained, else untrained)",
     )
     index.set_defaults(func=_index)
 

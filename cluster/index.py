@@ -4,12 +4,21 @@ from __future__ import annotations
 
 
 def run_index_job(cfg, mode: str = "full", checkpoint: str = ""):
-    """Index `cfg.kb` into Milvus with the model `checkpoint` (default: `<root>/models/init`); -> IndexReport."""
+    """Index `cfg.kb` into Milvus with the model `checkpoint`; -> IndexReport.
+
+    Default: the model `mel serve` would serve (serve.checkpoint, else the training run's best, else
+    `<root>/models/init`), so index -> train -> index -> serve ends with vectors of the served model.
+    """
     from cluster.config import milvus_uri
     from cluster.ray_runtime import init_ray
     from workers.index_job import run_index
     from workers.model_store import resolve_model_dir
 
     init_ray(cfg.ray)
-    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint)
+    if checkpoint:
+        model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint)
+    else:
+        from cluster.linker import serving_model_dir
+
+        model_dir = serving_model_dir(cfg)
     return run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, mode=mode)

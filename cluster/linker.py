@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cluster.index_guard import IndexModelMismatch, index_model_mismatch, model_tag
+
 log = logging.getLogger("mel.linker")
 ALIAS_REFRESH_S = 1.0  # how stale the alias -> collection resolution may be; a swap is seen within this
 
@@ -417,6 +419,7 @@ class Linker:
     retrieve_k: int = 50
     threshold: float | None = None
     model_dir: Path = field(default_factory=Path)
+    tag: str = ""  # model_tag(model_dir); "" skips the index/model check
 
     @classmethod
     def from_config(cls, cfg, device: str | None = None) -> Linker:
@@ -429,6 +432,7 @@ class Linker:
             cfg.serve.retrieve_k,
             nil_threshold(cfg.serve, model_dir),
             model_dir,
+            model_tag(model_dir),
         )
 
     def link(self, queries: list[MentionQuery]) -> list[dict]:
@@ -437,6 +441,9 @@ class Linker:
         for q, e in zip(queries, encoded):  # filters and K differ per query: one search each
             k = max(self.retrieve_k, q.top_k)
             retrieved += self.retriever.retrieve(e.vector[None, :], k, q.filter_expr)
+        for r in retrieved[:1]:
+            if reason := index_model_mismatch(r.collection, self.tag) if self.tag else None:
+                raise IndexModelMismatch(reason)
         ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
         return [
             assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)
@@ -450,4 +457,7 @@ class Linker:
         return await asyncio.to_thread(self.retriever.entity, entity_id)
 
     async def readiness(self) -> tuple[bool, dict]:
-        return await asyncio.to_thread(self.retriever.ready)
+        ready, detail = await asyncio.to_thread(self.retriever.ready)
+        if reason := index_model_mismatch(detail.get("collection"), self.tag) if self.tag else None:
+            return False, {**detail, "reason": reason}
+        return ready, detail

@@ -25,8 +25,9 @@ def init_ray(ray_cfg) -> None:
         include_dashboard=False,
         log_to_driver=True,  # training workers print progress lines (step, samples/s, ETA)
         logging_level=logging.WARNING,
-        # Ray workers import our packages from the repository even when it is not pip-installed.
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        # Ray workers import our packages from the repository even when it is not pip-installed. Ray Train's
+        # print patch tees each progress line to stdout and to its logger: the driver showed every line twice.
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )
     if ray_cfg.address == "local":
         ray.init(

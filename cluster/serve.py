@@ -134,10 +134,11 @@ class LinkIngress:
     """The HTTP front door (`cluster.api`); each mention flows encoder -> retriever -> reranker by handles."""
 
     def __init__(self, cfg: MELConfig, model_dir: str, encoder, retriever, reranker):
-        from cluster.linker import nil_threshold
+        from cluster.linker import model_tag, nil_threshold
         from workers.images import ImageLoader
 
         self.cfg = cfg
+        self.tag = model_tag(model_dir)  # refuse a collection another model indexed
         self.encoder, self.retriever, self.reranker = encoder, retriever, reranker
         self.threshold = nil_threshold(cfg.serve, model_dir)
         self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
@@ -148,11 +149,13 @@ class LinkIngress:
         return create_app(self, self.cfg.serve, self.loader)
 
     async def _link_one(self, query) -> dict:
-        from cluster.linker import assemble
+        from cluster.linker import IndexModelMismatch, assemble, index_model_mismatch
 
         enc = _raise_failed(await self.encoder.encode.remote(query))
         k = max(self.cfg.serve.retrieve_k, query.top_k)
         ret = await self.retriever.retrieve.remote(enc.vector, k, query.filter_expr)
+        if reason := index_model_mismatch(ret.collection, self.tag):
+            raise IndexModelMismatch(reason)
         ranked = _raise_failed(await self.reranker.rerank.remote((enc, ret)))
         return assemble(query, enc, ret, ranked, self.threshold)
 
@@ -168,6 +171,10 @@ class LinkIngress:
             ready, detail = await self.retriever.ready.remote()
         except Exception as exc:  # Milvus unreachable: not ready, and say why
             return False, {"reason": f"retriever: {type(exc).__name__}"}
+        from cluster.linker import index_model_mismatch
+
+        if reason := index_model_mismatch(detail.get("collection"), self.tag):
+            ready, detail = False, {**detail, "reason": reason}
         return ready, {**detail, "nil_threshold": self.threshold}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,9 +137,14 @@ class EntityEncoder:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _encode_inputs(self, inputs: dict[str, np.ndarray]):
-        batch = {
-            k: torch.from_numpy(np.asarray(v)).to(self.device, non_blocking=True) for k, v in inputs.items()
-        }
+        with (
+            warnings.catch_warnings()
+        ):  # arrays from Ray's object store are read-only; the model only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            batch = {
+                k: torch.from_numpy(np.asarray(v)).to(self.device, non_blocking=True)
+                for k, v in inputs.items()
+            }
         with torch.inference_mode(), self._autocast():
             f = self.model.encode(batch)
             vectors = self.model.retrieval_vectors(f).float()  # [B,D]

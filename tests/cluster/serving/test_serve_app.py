@@ -164,3 +164,36 @@ def test_new_alias_is_picked_up_without_restart(served_kb, client):
         assert entity["entity_id"] not in {c["entity_id"] for c in body["candidates"]}
     finally:
         swap_alias(served_kb.cfg, served_kb.collection)
+
+
+def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fixed(served_kb, client):
+    """`mel index` tags collections with the indexing model; serving another model over them would rank
+    nonsense, so readiness fails and /link answers 503 naming the fix, until the alias points at a good one."""
+    import time
+
+    from cluster.index_guard import model_tag
+
+    tag = model_tag(served_kb.model_dir)
+    other = "deadbeef" if tag != "deadbeef" else "feedface"
+    name = f"{served_kb.cfg.milvus.collection}_v{'0' * 12}_{other}"
+    index_collection(served_kb.cfg, served_kb.model_dir, name, served_kb.entities[:20])
+    swap_alias(served_kb.cfg, name)
+    try:
+        reply = None
+        for _ in range(60):  # the retriever re-resolves the alias about once a second
+            reply = client.post("/link", json=gold_body(served_kb.entities[0], top_k=5))
+            if reply.status_code != 200:
+                break
+            time.sleep(0.25)
+        assert reply.status_code == 503, reply.text
+        body = reply.json()
+        assert name in body["error"] and "mel index" in body["error"] and body["request_id"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and other in ready.json()["reason"]
+    finally:
+        swap_alias(served_kb.cfg, served_kb.collection)
+    for _ in range(60):
+        if client.get("/readyz").status_code == 200:
+            break
+        time.sleep(0.25)
+    assert client.post("/link", json=gold_body(served_kb.entities[0], top_k=5)).status_code == 200
