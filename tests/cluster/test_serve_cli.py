@@ -64,7 +64,8 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     ).to_dicts()
     collection = index_collection(cfg, serving_model_dir(cfg), f"{cfg.milvus.collection}_v1", entities)
     swap_alias(cfg, collection)
-    server_manager_instance.release_server(lite_file)  # `mel serve` opens the file itself, as after `mel index`
+    # `mel serve` opens the file itself, as after `mel index`
+    server_manager_instance.release_server(lite_file)
 
     argv = [sys.executable, "-m", "cluster.cli", *(a for s in sets for a in ("--set", s)), "serve"]
     log = (tmp_path / "serve.log").open("w+")
