@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,14 +60,19 @@ def prepare(cfg) -> tuple[list[dict], str]:
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage
-    from tests.cluster.serving.helpers import index_collection, swap_alias
+    from workers.index_job import index_in_process
+    from workers.milvus_store import MilvusStore
 
     build_kb(cfg.kb, cfg.storage, progress=False)
     model_dir = serving_model_dir(cfg)
     entities = read_entities(
         Storage(cfg.storage), cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"]
     ).to_dicts()
-    swap_alias(cfg, index_collection(cfg, model_dir, f"{cfg.milvus.collection}_vbench", entities))
+    name = f"{cfg.milvus.collection}_vbench"
+    index_in_process(cfg.storage, cfg.encoder, cfg.milvus, cfg.milvus.uri, model_dir, name, entities)
+    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    store.swap_alias(name, drop_old=False)
+    store.close()
     bodies = []
     for e in entities:
         body = {"mention": e["name"], "context": e["description"], "top_k": 5}
@@ -185,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import load_config
     from cluster.linker import Linker
     from cluster.serve import start_serve
-    from tests.conftest import free_port
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))

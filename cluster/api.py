@@ -49,6 +49,10 @@ class LinkBackend(Protocol):
     async def readiness(self) -> tuple[bool, dict]: ...
 
 
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def _error(status: int, message: str, request: Request, field: str | None = None) -> JSONResponse:
     rid = getattr(request.state, "request_id", "-")
     body = {"error": message, "field": field, "request_id": rid}
@@ -96,7 +100,7 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, headers: dict, send) -> None:
-        rid = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex[:16]
+        rid = headers.get(b"x-request-id", b"").decode("latin-1") or new_request_id()
         body = {
             "error": f"body: request body is larger than max_body_bytes ({self.max_body_bytes})",
             "field": "body",
@@ -196,7 +200,7 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = request.headers.get("x-request-id") or new_request_id()
         try:
             response = await call_next(request)
         except Exception:

@@ -25,15 +25,28 @@ def model_tag(model_dir: str | Path) -> str:
     return model_fingerprint(Path(model_dir))[:8]
 
 
+def ensure_indexed_by(collection: str | None, tag: str) -> None:
+    """Raise `IndexModelMismatch` unless `collection` may serve the model tagged `tag` (before reranking)."""
+    if reason := index_model_mismatch(collection, tag):
+        raise IndexModelMismatch(reason)
+
+
+def guard_readiness(ready: bool, detail: dict, tag: str) -> tuple[bool, dict]:
+    """A retriever's (ready, detail), made not ready, with the reason, when its collection is another model's."""
+    if reason := index_model_mismatch(detail.get("collection"), tag):
+        return False, {**detail, "reason": reason}
+    return ready, detail
+
+
 def index_model_mismatch(collection: str | None, tag: str) -> str | None:
-    """Why `collection` cannot serve the model tagged `tag`, else None.
+    """Why `collection` cannot serve the model tagged `tag` ("" = unchecked), else None.
 
     Entity vectors and cached entity features come from the model that indexed them; served with another model
     (e.g. `mel train` after `mel index`, without re-indexing) the scores are meaningless, so serving refuses.
     Collections not named by `mel index` (hand-made, tests) carry no tag and are trusted.
     """
     match = INDEXED_BY.search(collection or "")
-    if match is None or match.group(1) == tag:
+    if not tag or match is None or match.group(1) == tag:
         return None
     return (
         f"collection {collection!r} was indexed by another model ({match.group(1)}) than the one served "

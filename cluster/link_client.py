@@ -8,10 +8,33 @@ from __future__ import annotations
 
 import base64
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 URI = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 DESCRIPTION_CHARS = 60
+
+
+def wait_ready(
+    url: str, attempts: int = 120, interval_s: float = 0.5, give_up: Callable[[], bool] = lambda: False
+) -> int:
+    """Poll `url`/readyz until it answers 200 (Serve binds HTTP after deploying, so connection errors count as
+    not ready); returns the last status (0: never answered). `give_up()` true stops early (a dead server)."""
+    import httpx
+
+    status = 0
+    for _ in range(attempts):
+        if give_up():
+            break
+        try:
+            status = httpx.get(f"{url}/readyz", timeout=30).status_code
+        except httpx.TransportError:
+            status = 0
+        if status == 200:
+            break
+        time.sleep(interval_s)
+    return status
 
 
 def request_body(mention: str, context: str = "", image: str | None = None, top_k: int = 5) -> dict:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.index_guard import IndexModelMismatch, index_model_mismatch, model_tag
+from cluster.index_guard import ensure_indexed_by, guard_readiness, model_tag
 
 log = logging.getLogger("mel.linker")
 ALIAS_REFRESH_S = 1.0  # how stale the alias -> collection resolution may be; a swap is seen within this
@@ -441,9 +441,8 @@ class Linker:
         for q, e in zip(queries, encoded):  # filters and K differ per query: one search each
             k = max(self.retrieve_k, q.top_k)
             retrieved += self.retriever.retrieve(e.vector[None, :], k, q.filter_expr)
-        for r in retrieved[:1]:
-            if reason := index_model_mismatch(r.collection, self.tag) if self.tag else None:
-                raise IndexModelMismatch(reason)
+        for r in retrieved:
+            ensure_indexed_by(r.collection, self.tag)
         ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
         return [
             assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)
@@ -457,7 +456,4 @@ class Linker:
         return await asyncio.to_thread(self.retriever.entity, entity_id)
 
     async def readiness(self) -> tuple[bool, dict]:
-        ready, detail = await asyncio.to_thread(self.retriever.ready)
-        if reason := index_model_mismatch(detail.get("collection"), self.tag) if self.tag else None:
-            return False, {**detail, "reason": reason}
-        return ready, detail
+        return guard_readiness(*await asyncio.to_thread(self.retriever.ready), self.tag)

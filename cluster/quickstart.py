@@ -162,30 +162,18 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     return result
 
 
-def _wait_ready(url: str, attempts: int = 120) -> None:
-    """Poll /readyz (1 s apart) until the proxy answers 200: deployment and HTTP binding are not simultaneous."""
-    import httpx
-
-    for _ in range(attempts):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the linking service at {url} did not become ready in {attempts} s")
-
-
 def _serve_and_link(cfg, model_dir: str, n_demo: int) -> list[dict]:
     from ray import serve
 
+    from cluster.link_client import wait_ready
     from cluster.serve import start_serve
 
     cfg.serve.checkpoint = model_dir
     cfg.serve.access_log = False  # keep the demo's answers readable
     url = start_serve(cfg)
     try:
-        _wait_ready(url)
+        if wait_ready(url, attempts=240) != 200:
+            raise RuntimeError(f"the linking service at {url} did not become ready in 2 minutes")
         print(f"serving at {url} (OpenAPI at {url}/docs)")
         return link_over_http(url, _pick_demo_mentions(cfg, n_demo))
     finally:

@@ -61,6 +61,12 @@ def _raise_failed(result):
     return result
 
 
+def _set_batching(batched_method, user_config: dict) -> None:
+    """`@serve.batch` sizes from the deployment's user_config (serve.batch_max_size / batch_wait_timeout_s)."""
+    batched_method.set_max_batch_size(int(user_config["batch_max_size"]))
+    batched_method.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+
 def _torch_threads(num_cpus: float) -> None:
     """One replica must not grab every core (torch defaults to all of them)."""
     import torch
@@ -80,8 +86,7 @@ class MentionEncoder:
         self.encoder = Plain(model_dir, pick_device(cfg.serve.num_gpus_per_replica), cfg.encoder.dtype)
 
     def reconfigure(self, user_config: dict) -> None:
-        self.encode.set_max_batch_size(int(user_config["batch_max_size"]))
-        self.encode.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        _set_batching(self.encode, user_config)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def encode(self, queries: list) -> list:
@@ -120,8 +125,7 @@ class Reranker:
         self.reranker = Plain(cfg, model_dir, pick_device(cfg.serve.num_gpus_per_replica))
 
     def reconfigure(self, user_config: dict) -> None:
-        self.rerank.set_max_batch_size(int(user_config["batch_max_size"]))
-        self.rerank.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        _set_batching(self.rerank, user_config)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def rerank(self, items: list) -> list:
@@ -134,7 +138,8 @@ class LinkIngress:
     """The HTTP front door (`cluster.api`); each mention flows encoder -> retriever -> reranker by handles."""
 
     def __init__(self, cfg: MELConfig, model_dir: str, encoder, retriever, reranker):
-        from cluster.linker import model_tag, nil_threshold
+        from cluster.index_guard import model_tag
+        from cluster.linker import nil_threshold
         from workers.images import ImageLoader
 
         self.cfg = cfg
@@ -149,13 +154,13 @@ class LinkIngress:
         return create_app(self, self.cfg.serve, self.loader)
 
     async def _link_one(self, query) -> dict:
-        from cluster.linker import IndexModelMismatch, assemble, index_model_mismatch
+        from cluster.index_guard import ensure_indexed_by
+        from cluster.linker import assemble
 
         enc = _raise_failed(await self.encoder.encode.remote(query))
         k = max(self.cfg.serve.retrieve_k, query.top_k)
         ret = await self.retriever.retrieve.remote(enc.vector, k, query.filter_expr)
-        if reason := index_model_mismatch(ret.collection, self.tag):
-            raise IndexModelMismatch(reason)
+        ensure_indexed_by(ret.collection, self.tag)
         ranked = _raise_failed(await self.reranker.rerank.remote((enc, ret)))
         return assemble(query, enc, ret, ranked, self.threshold)
 
@@ -171,10 +176,9 @@ class LinkIngress:
             ready, detail = await self.retriever.ready.remote()
         except Exception as exc:  # Milvus unreachable: not ready, and say why
             return False, {"reason": f"retriever: {type(exc).__name__}"}
-        from cluster.linker import index_model_mismatch
+        from cluster.index_guard import guard_readiness
 
-        if reason := index_model_mismatch(detail.get("collection"), self.tag):
-            ready, detail = False, {**detail, "reason": reason}
+        ready, detail = guard_readiness(ready, detail, self.tag)
         return ready, {**detail, "nil_threshold": self.threshold}
 
 

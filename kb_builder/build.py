@@ -195,7 +195,7 @@ def build_kb(kb: KBConfig, storage: StorageConfig, progress: bool = True) -> Bui
             (staging / "manifest.prev.json").write_text(json.dumps(previous, indent=2, ensure_ascii=False))
             extra_files.append("manifest.prev.json")
         manifest = _manifest(kb, store, started, version, diff, tables)
-        manifest_uri = publish(store, staging, kb.name, manifest, extra_files)
+        manifest_uri = publish(store, staging, kb.name, manifest, extra_files, previous)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()

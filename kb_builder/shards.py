@@ -97,23 +97,28 @@ def _put(storage: Storage, src: Path, target: str, move: bool) -> None:
     os.replace(target + ".tmp", target)
 
 
-def publish(storage: Storage, staging: Path, kb_name: str, manifest: dict, extra_files: list[str]) -> str:
+def publish(
+    storage: Storage,
+    staging: Path,
+    kb_name: str,
+    manifest: dict,
+    extra_files: list[str],
+    previous: dict | None = None,
+) -> str:
     """Upload the staged shards and `extra_files` into `builds/<manifest['build_id']>/`, switch manifest.json to
     them (the commit point), then refresh the top-level copies of `extra_files` (rejects.jsonl, diff.json: for
-    people; code reads the build's own) and delete builds other than this one and the previous. Returns the
-    manifest URI. `manifest`'s shard paths are rewritten to the build folder."""
+    people; code reads the build's own) and delete builds other than this one and `previous` (the manifest
+    being replaced). Returns the manifest URI. `manifest`'s shard paths are rewritten to the build folder."""
     dest = kb_uri(storage, kb_name)
     build_dir = f"builds/{manifest['build_id']}"
     for kind in KINDS:
         for shard in manifest[kind]["shards"]:
-            staged = shard["path"].rsplit("/", 2)[-2:]  # <kind>/part-*.parquet under staging
-            rel = "/".join(staged)
+            rel = shard["path"]  # <kind>/part-*.parquet, as staged
             _put(storage, staging / rel, child(dest, f"{build_dir}/{rel}"), move=True)
             shard["path"] = f"{build_dir}/{rel}"
     for rel in extra_files:
         _put(storage, staging / rel, child(dest, f"{build_dir}/{rel}"), move=False)
     manifest["build_dir"] = build_dir
-    previous = _read_json(storage, child(dest, "manifest.json"))
     manifest_uri = child(dest, "manifest.json")
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
     for rel in extra_files:  # after the commit: the top-level copies always describe the live build
@@ -123,26 +128,18 @@ def publish(storage: Storage, staging: Path, kb_name: str, manifest: dict, extra
     return manifest_uri
 
 
-def _read_json(storage: Storage, uri: str) -> dict | None:
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
-
-
 def _drop_stale_files(storage: Storage, dest: str, keep_dirs: set[str]) -> None:
     """Delete build folders not in `keep_dirs` and shards of the pre-`builds/` layout (`<kind>/part-*`)."""
-    sep = "/" if is_s3(dest) else os.sep
-    for uri in storage.list(child(dest, "builds") + ("/" if is_s3(dest) else "")):
-        rel = uri[len(dest.rstrip(sep)) + 1 :].replace(os.sep, "/")
-        if "/".join(rel.split("/")[:2]) not in keep_dirs:
+    for uri in storage.list(child(dest, "builds")):
+        build_dir = "/".join(uri[len(dest.rstrip("/")) + 1 :].replace(os.sep, "/").split("/")[:2])
+        if build_dir not in keep_dirs:
             storage.delete(uri)
     for kind in KINDS:
-        for uri in storage.list(child(dest, kind) + ("/" if is_s3(dest) else "")):
+        for uri in storage.list(child(dest, kind)):
             storage.delete(uri)
-    if not is_s3(dest):  # local: remove the folders the deletes emptied
-        for folder in [Path(dest, "builds"), *(Path(dest, k) for k in KINDS)]:
-            for sub in sorted(folder.rglob("*"), reverse=True) if folder.exists() else []:
-                if sub.is_dir() and not any(sub.iterdir()):
-                    sub.rmdir()
-            if folder.exists() and folder != Path(dest, "builds") and not any(folder.iterdir()):
+    if not is_s3(dest):  # local: also remove the folders those deletes emptied
+        for folder in sorted(Path(dest).rglob("*"), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
 

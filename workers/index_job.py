@@ -21,9 +21,9 @@ from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
 from kb_builder.storage import Storage
 from workers.config import EncoderConfig, MilvusConfig
-from workers.encoder import EncodedEntities, concat_encoded
+from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
-from workers.images import kb_image_roots
+from workers.images import ImageLoader, kb_image_roots
 from workers.milvus_store import ID_MAX_BYTES, MilvusStore, versioned_name
 from workers.model_store import model_fingerprint
 from workers.progress import Progress
@@ -112,6 +112,24 @@ def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities) -> No
             for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
         ],
     )
+
+
+def index_in_process(
+    storage_cfg, encoder_cfg, milvus_cfg, uri: str, model_dir: Path, collection: str, entities: list[dict]
+) -> str:
+    """Encode `entities` in this process (no Ray) into a new `collection` + its rerank feature file; no alias
+    swap. For small KBs, tests and benchmarks; `run_index` is the resumable, sharded path."""
+    loader = ImageLoader(encoder_cfg, storage_cfg, allowed_roots=[])
+    encoded = EntityEncoder(model_dir, encoder_cfg, device="cpu", loader=loader).encode_entities(entities)
+    store = MilvusStore(milvus_cfg, uri)
+    try:
+        store.create(collection, encoded.vectors.shape[1])
+        write_batch(store, collection, encoded)
+        store.flush(collection)
+    finally:
+        store.close()
+    FeatureCache(Storage(storage_cfg), collection).write_shard("part-00000", encoded.ids, encoded.cache)
+    return collection
 
 
 def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage):

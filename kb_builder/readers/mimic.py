@@ -37,13 +37,19 @@ def _image(path, folder: str) -> str | None:
     return path if "://" in path or path.startswith("/") else f"{folder}/{path}"
 
 
-def _entity_rows(items: list, source: str, qid2id: dict) -> tuple[list[dict], list[dict]]:
-    rows, rejects = [], []
+def _objects(items: list, source: str, rejects: list[dict]) -> Iterator[tuple[int, str, dict]]:
+    """(index, location, item) for the JSON objects of a list; anything else goes to `rejects`, located."""
     for i, item in enumerate(items):
         location = f"{source}:item {i}"
-        if not isinstance(item, dict):
+        if isinstance(item, dict):
+            yield i, location, item
+        else:
             rejects.append(reject(source, location, f"not a JSON object ({type(item).__name__})", item))
-            continue
+
+
+def _entity_rows(items: list, source: str, qid2id: dict) -> tuple[list[dict], list[dict]]:
+    rows, rejects = [], []
+    for _, location, item in _objects(items, source, rejects):
         qid = item.get("id")
         attributes = {"type": item.get("type")}
         if qid in qid2id:
@@ -63,11 +69,7 @@ def _entity_rows(items: list, source: str, qid2id: dict) -> tuple[list[dict], li
 
 def _mention_rows(items: list, source: str, stem: str, split: str, image_dir: str):
     rows, rejects = [], []
-    for i, item in enumerate(items):
-        location = f"{source}:item {i}"
-        if not isinstance(item, dict):
-            rejects.append(reject(source, location, f"not a JSON object ({type(item).__name__})", item))
-            continue
+    for i, location, item in _objects(items, source, rejects):
         mention = item.get("mentions")
         mention = mention[0] if isinstance(mention, list) and mention else mention
         rows.append(

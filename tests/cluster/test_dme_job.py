@@ -156,25 +156,15 @@ def index_sample_kb(cfg, storage) -> None:
     """Encode the entities with models/init and index them in the Milvus Lite file behind the alias."""
     from cluster.config import milvus_uri
     from kb_builder.shards import read_entities
-    from workers.encoder import EntityEncoder
-    from workers.images import ImageLoader
+    from workers.index_job import index_in_process
     from workers.milvus_store import MilvusStore
     from workers.model_store import resolve_model_dir
 
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
     rows = read_entities(storage, cfg.kb.name).to_dicts()
-    loader = ImageLoader(cfg.encoder, cfg.storage, allowed_roots=[])
-    encoded = EntityEncoder(model_dir, cfg.encoder, device="cpu", loader=loader).encode_entities(rows)
-    store = MilvusStore(cfg.milvus, milvus_uri(cfg))
-    name = f"{cfg.milvus.collection}_v1"
-    store.create(name, encoded.vectors.shape[1])
-    store.upsert(
-        name,
-        [
-            {"entity_id": eid, "vector": vec, "name": nm, "has_image": bool(img), "content_hash": ""}
-            for eid, vec, nm, img in zip(encoded.ids, encoded.vectors, encoded.names, encoded.has_image)
-        ],
+    name = index_in_process(
+        cfg.storage, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, f"{cfg.milvus.collection}_v1", rows
     )
-    store.flush(name)
+    store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     store.swap_alias(name)
     store.close(release_file=True)

@@ -67,21 +67,13 @@ def data(tmp_path_factory):
 
 def _model(data, gate: str):
     from cluster.config import load_config
-    from mmoe.config import MMoEConfig, TinyCLIPConfig
+    from mmoe.config import MMoEConfig
     from mmoe.pretrained import build_tiny_model
+    from tests.mmoe.conftest import tiny_clip
     from workers.images import ImageLoader
 
     root, entities, mentions = data
-    tiny = TinyCLIPConfig(
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-        projection_dim=32,
-        image_size=32,
-        patch_size=8,
-        vocab_size=256,
-    )
+    tiny = tiny_clip()
     corpus = [e["name"] + " " + e["description"] for e in entities] + [m["context"] for m in mentions]
     model, processor = build_tiny_model(
         tiny, MMoEConfig(dim=16, top_k=2, text_max_tokens=17, gate=gate), corpus

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster.serving.helpers import index_collection, swap_alias, wait_ready
+from cluster.link_client import wait_ready
+from tests.cluster.serving.helpers import index_collection, swap_alias
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,17 +80,10 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):  # starting a local Ray and four deployments: minutes on a loaded 2-core host
-            if child.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        # starting a local Ray and four deployments: minutes on a loaded 2-core host
+        status = wait_ready(url, attempts=600, give_up=lambda: child.poll() is not None)
         assert child.poll() is None, f"mel serve exited early:\n{Path(log.name).read_text()[-3000:]}"
-        assert wait_ready(url) == 200
+        assert status == 200
         gold = entities[0]
         reply = httpx.post(f"{url}/link", json={"mention": gold["name"], "top_k": 5}, timeout=60)
         assert reply.status_code == 200 and len(reply.json()["candidates"]) == 5
