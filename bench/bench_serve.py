@@ -1,7 +1,7 @@
 """Serving latency and throughput on the sample KB: HTTP (Ray Serve) vs the same pipeline in-process.
 
 Measures p50/p99 latency and requests/s at concurrency 1, 8 and 32 for
-  * `in-process`: `cluster.linker.Linker.link` called from a thread pool (no HTTP, no Ray),
+  * `in-process`: `cluster.serve.pipeline.Linker.link` called from a thread pool (no HTTP, no Ray),
   * `http batch on`: the Serve app with `@serve.batch` (serve.batch_max_size), over loopback HTTP,
   * `http batch off`: the same app redeployed with batch_max_size 1,
 and prints the overhead ratio (HTTP p50 / in-process p50) and the batching ratio (rps on / rps off), all measured
@@ -56,7 +56,7 @@ def summary(latencies_ms: list[float], wall_s: float) -> dict:
 
 def prepare(cfg) -> tuple[list[dict], str]:
     """Build the sample KB, index it with the untrained model into a fresh collection; return request bodies."""
-    from cluster.linker import serving_model_dir
+    from cluster.artifacts import serving_model_dir
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage
@@ -87,7 +87,7 @@ def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> di
 
     from PIL import Image
 
-    from cluster.linker import MentionQuery
+    from cluster.serve.pipeline import MentionQuery
 
     def query(body):
         image = (
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from cluster.config import load_config
-    from cluster.linker import Linker
-    from cluster.serve import start_serve
+    from cluster.serve.app import start_serve
+    from cluster.serve.pipeline import Linker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))

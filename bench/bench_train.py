@@ -28,12 +28,12 @@ def timed_steps(step_fn, batches: list, steps: int) -> float:
 
 
 def plain_loop(cfg, model_dir: Path, rows: list[dict], steps: int) -> float:
-    """The same step as cluster.train_loop.Trainer.step, with no Ray and no DDP, on 1 thread (= 1 worker CPU)."""
+    """The same step as cluster.train.loop.Trainer.step, with no Ray and no DDP, on 1 thread (= 1 worker CPU)."""
     import torch
 
-    from cluster.train_data import BatchBuilder
-    from cluster.train_loop import entity_side, same_entity_mask
-    from cluster.train_optim import build_optimizer, seed_everything
+    from cluster.inputs import BatchBuilder
+    from cluster.train.loop import entity_side, same_entity_mask
+    from cluster.train.optim import build_optimizer, seed_everything
     from mmoe.losses import mmoe_loss
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -63,7 +63,7 @@ def bench_worker_loop(config: dict) -> dict:
     """Runs inside Ray Train: the real Trainer (DDP when 2 workers), timing only its optimiser steps."""
     import torch
 
-    from cluster.train_loop import Trainer, epoch_batches
+    from cluster.train.loop import Trainer, epoch_batches
 
     torch.set_num_threads(int(config["cfg"].train.cpus_per_worker))
     trainer = Trainer(config)
@@ -74,7 +74,7 @@ def bench_worker_loop(config: dict) -> dict:
 
 
 def ray_train(cfg, model_dir: Path, data: dict, workers: int, steps: int, root: Path) -> float:
-    from cluster.train import build_trainer
+    from cluster.train.run import build_trainer
 
     cfg.train.num_workers = workers
     trainer = build_trainer(
@@ -91,9 +91,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
+    from cluster.artifacts import ensure_kb
     from cluster.config import load_config
-    from cluster.ray_runtime import init_ray
-    from cluster.train import ensure_kb, prepare_data
+    from cluster.runtime import init_ray
+    from cluster.train.run import prepare_data
     from kb_builder.storage import Storage
     from workers.model_store import resolve_model_dir
 

@@ -44,14 +44,14 @@ def _kb_check(args):
 
 def _index(args):
     cfg = _config(args)
-    from cluster.index import run_index_job
+    from cluster.index.run import run_index_job
 
     print(run_index_job(cfg, mode=args.mode, checkpoint=args.checkpoint).summary())
 
 
 def _train(args):
     cfg = _config(args)
-    from cluster.train import run_training
+    from cluster.train.run import run_training
 
     if args.train_fraction is not None:
         cfg.train.train_fraction = args.train_fraction
@@ -60,7 +60,7 @@ def _train(args):
 
 def _eval(args):
     cfg = _config(args)
-    from cluster.evaluate import run_eval
+    from cluster.evaluate.run import run_eval
 
     print(run_eval(cfg, checkpoint=args.checkpoint, split=args.split).summary())
 
@@ -74,7 +74,7 @@ def _dme(args):
 
 def _serve(args):
     cfg = _config(args)
-    from cluster.serve import print_serve_config, run_serve
+    from cluster.serve.app import print_serve_config, run_serve
 
     if args.print_config:
         print(print_serve_config(cfg))
@@ -85,7 +85,7 @@ def _serve(args):
 
 def _link(args):
     cfg = _config(args)
-    from cluster.link_client import link
+    from cluster.serve.client import link
 
     url = args.url or f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(link(url, args.mention, context=args.context, image=args.image, top_k=args.top_k))
@@ -100,7 +100,7 @@ def _quickstart(args):
 
 def _bench_paper(args):
     cfg = _config(args)
-    from cluster.bench_paper import run_bench_paper
+    from cluster.paper.run import run_bench_paper
 
     print(
         run_bench_paper(

@@ -121,10 +121,11 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     """Run every stage in order; each stage writes its artifacts under `storage.root` and can be rerun alone."""
     import ray
 
-    from cluster.evaluate import run_eval
-    from cluster.index import run_index_job
-    from cluster.ray_runtime import init_ray, shutdown_ray
-    from cluster.train import run_training
+    from cluster.artifacts import init_model
+    from cluster.evaluate.run import run_eval
+    from cluster.index.run import run_index_job
+    from cluster.runtime import init_ray, shutdown_ray
+    from cluster.train.run import run_training
     from kb_builder.build import build_kb
     from kb_builder.storage import Storage
 
@@ -136,7 +137,7 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
             report = build_kb(cfg.kb, cfg.storage)  # prints its own summary
             result.entities, result.mentions = report.entities, report.mentions
         with _Timer(result, "eval (untrained)"):
-            init_uri = Storage(cfg.storage).join("models", "init")  # built on first need
+            init_uri = init_model(Storage(cfg.storage))  # built on first need
             untrained = run_eval(cfg, checkpoint=init_uri, split="test")
             print(untrained.summary())
             result.untrained = untrained.metrics
@@ -165,8 +166,8 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
 def _serve_and_link(cfg, model_dir: str, n_demo: int) -> list[dict]:
     from ray import serve
 
-    from cluster.link_client import wait_ready
-    from cluster.serve import start_serve
+    from cluster.serve.app import start_serve
+    from cluster.serve.client import wait_ready
 
     cfg.serve.checkpoint = model_dir
     cfg.serve.access_log = False  # keep the demo's answers readable

@@ -20,9 +20,9 @@ import torch
 from mmoe.pretrained import load_pretrained
 from mmoe.texts import entity_text, mention_text
 from workers.config import EncoderConfig
+from workers.device import autocast_dtype, pick_device
 from workers.images import ImageLoader
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
@@ -78,24 +78,6 @@ def prepare_entities(rows: list[dict], processor, loader: ImageLoader | None) ->
     )
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """Decided once: the caller's choice, else CUDA when this process can see a GPU, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 autocast on GPU, plain fp32 on CPU; fp32: never autocast."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if dtype == "fp32":
-        return None
-    if dtype not in AUTOCAST:
-        raise ValueError(f"encoder.dtype={dtype!r}: expected auto | fp32 | bf16 | fp16")
-    return AUTOCAST[dtype]
-
-
 def _to_float32(obj):
     """Floating tensors of a (nested) feature dataclass back to float32 after autocast."""
     if isinstance(obj, torch.Tensor):
@@ -118,7 +100,7 @@ class EntityEncoder:
         loader: ImageLoader | None = None,
     ):
         self.cfg = encoder_cfg
-        self.device = resolve_device(device)
+        self.device = pick_device(device)
         self.dtype = autocast_dtype(encoder_cfg.dtype, self.device)
         self.model, self.processor = load_pretrained(model_dir, device=self.device)
         self.loader = loader

@@ -20,12 +20,12 @@ import numpy as np
 from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
 from kb_builder.storage import Storage
+from workers.collections import index_collection, model_tag
 from workers.config import EncoderConfig, MilvusConfig
 from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
 from workers.images import ImageLoader, kb_image_roots
-from workers.milvus_store import ID_MAX_BYTES, MilvusStore, versioned_name
-from workers.model_store import model_fingerprint
+from workers.milvus_store import ID_MAX_BYTES, MilvusStore
 from workers.progress import Progress
 from workers.ray_pool import EncodingPool
 
@@ -159,7 +159,7 @@ def run_index(
     started = time.perf_counter()
     storage = Storage(storage_cfg)
     manifest = read_manifest(storage, kb_cfg.name)
-    model_hash = model_fingerprint(Path(model_dir))
+    tag = model_tag(model_dir)
     dim = retrieval_dim(Path(model_dir))
     store = MilvusStore(milvus_cfg, milvus_uri)
     if mode == "incremental":
@@ -167,13 +167,13 @@ def run_index(
         if collection is None:
             raise LookupError(f"no collection behind alias {milvus_cfg.collection!r}: run a full index first")
         store.check_dim(collection, dim)
-        if not collection.endswith(model_hash[:8]):
+        if not collection.endswith(tag):
             raise ValueError(
                 f"collection {collection!r} was built with another model than {model_dir}: "
                 "run a full index (it builds a new collection)"
             )
     else:
-        collection = versioned_name(milvus_cfg.collection, f"{manifest['kb_version'][:12]}_{model_hash[:8]}")
+        collection = index_collection(milvus_cfg.collection, manifest["kb_version"], tag)
     report = IndexReport(
         mode, collection, milvus_cfg.collection, device="none (nothing to encode)", model_dir=str(model_dir)
     )
@@ -243,7 +243,7 @@ def run_index(
     # 4. exact count, then publish: point the alias at a finished full build
     report.total = store.count(collection)
     if mode == "full" and all(progress_file.done(n) for n in names):
-        progress_file.save(complete=True, kb_version=manifest["kb_version"], model_hash=model_hash, dim=dim)
+        progress_file.save(complete=True, kb_version=manifest["kb_version"], model_hash=tag, dim=dim)
         before = store.current_collection()
         dropped = store.swap_alias(collection)
         report.swapped = before != collection

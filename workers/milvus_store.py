@@ -71,12 +71,6 @@ def clip_utf8(text: str, max_bytes: int) -> str:
     return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def versioned_name(alias: str, tag: str) -> str:
-    """`mel_entities` + `20250101T000000_ab12` -> `mel_entities_v20250101T000000_ab12` (Milvus-safe chars)."""
-    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in tag)
-    return f"{alias}_v{safe}"
-
-
 class MilvusStore:
     """MilvusClient wrapper with the project's schema, alias swap and exact counts."""
 

@@ -123,13 +123,3 @@ def _upload_config_last(storage: Storage, local: Path, uri: str) -> None:
     for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != CONFIG_FILE):
         storage.write_bytes(f"{uri.rstrip('/')}/{path.relative_to(local).as_posix()}", path.read_bytes())
     storage.write_bytes(f"{uri.rstrip('/')}/{CONFIG_FILE}", (local / CONFIG_FILE).read_bytes())
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 of config.json + model.safetensors: names the collection a model's vectors go into."""
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, "model.safetensors"):
-        with open(Path(model_dir) / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from cluster.dme.cache import read_cache, split_stale, write_cache
-from cluster.dme.selectors import DMECounters, check_dme_config
+from cluster.dme.factory import check_dme_config
+from cluster.dme.selectors import DMECounters
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _select_on_ray(cfg, todo: pl.DataFrame, kb_version: str, save, progress: boo
     import ray
 
     from cluster.dme.worker import DMEWorker
-    from cluster.ray_runtime import init_ray
+    from cluster.runtime import init_ray
     from workers.progress import Progress
 
     init_ray(cfg.ray)

@@ -11,7 +11,8 @@ import logging
 import numpy as np
 
 from cluster.dme.candidates import CandidateFinder, NameIndex, milvus_ann
-from cluster.dme.selectors import DMECounters, Selection, make_selector
+from cluster.dme.factory import make_selector
+from cluster.dme.selectors import DMECounters, Selection
 
 log = logging.getLogger(__name__)
 

@@ -107,8 +107,8 @@ def tiny_overrides(tmp: Path, data: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, ray_session):
-    from cluster.bench_paper import run_bench_paper
     from cluster.config import load_config
+    from cluster.paper.run import run_bench_paper
 
     tmp = tmp_path_factory.mktemp("bench_paper")
     data = write_tiny_mimic(tmp / "data" / "WikiMEL")  # outside storage.root, like ./data/WikiMEL

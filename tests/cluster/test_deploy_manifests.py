@@ -8,14 +8,14 @@ import yaml
 
 from cluster.cli import build_parser
 from cluster.config import load_config
-from cluster.deploy.manifests import render_all
+from cluster.deploy import render_all
 
-DEPLOY = Path(__file__).resolve().parents[2] / "cluster" / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_committed_manifests_are_generated_from_ray_config():
     for name, text in render_all(load_config()).items():
-        assert (DEPLOY / name).read_text() == text, f"{name} is stale: run python -m cluster.deploy.manifests"
+        assert (DEPLOY / name).read_text() == text, f"{name} is stale: run python -m cluster.deploy"
 
 
 def test_manifests_parse_and_reference_entry_points():
@@ -28,7 +28,7 @@ def test_manifests_parse_and_reference_entry_points():
         assert args.command == sub
     service = yaml.safe_load(docs["rayservice.yaml"]["spec"]["serveConfigV2"])
     module, attr = service["applications"][0]["import_path"].split(":")
-    assert module == "cluster.serve" and attr == "app_builder"
+    assert module == "cluster.serve.app" and attr == "app_builder"
     workers = docs["raycluster.yaml"]["spec"]["workerGroupSpecs"][0]
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     launcher = docs["ray-cluster.yaml"]

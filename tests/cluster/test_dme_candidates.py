@@ -9,7 +9,7 @@ import pytest
 from cluster.config import DMEConfig, DMELLMConfig
 from cluster.dme.candidates import CandidateFinder, NameIndex, milvus_ann
 from cluster.dme.enhance import OnlineDME
-from cluster.dme.selectors import make_selector
+from cluster.dme.factory import make_selector
 from tests.cluster.dme_fake_llm import FakeLLM, Reply
 
 ENTITIES = pl.DataFrame(

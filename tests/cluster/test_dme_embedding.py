@@ -10,8 +10,9 @@ from cluster.config import DMEConfig, DMELLMConfig
 from cluster.dme.candidates import Candidate
 from cluster.dme.embedding_selector import EmbeddingSelector
 from cluster.dme.enhance import enhance_mention, select_within_budget
+from cluster.dme.factory import make_selector
 from cluster.dme.llm_selector import LLMSelector
-from cluster.dme.selectors import NoneSelector, make_selector
+from cluster.dme.selectors import NoneSelector
 from tests.cluster.dme_fake_llm import FakeLLM, Reply
 
 

@@ -23,10 +23,10 @@ def kb(mel_config):
 
 
 def test_exhaustive_and_system_ranks_are_identical_when_k_covers_the_kb(kb):
-    from cluster.eval_features import encode_entities
-    from cluster.eval_index import ensure_eval_index
-    from cluster.eval_protocols import exhaustive_ranks, system_ranks
-    from cluster.train_data import BatchBuilder, entity_rows, linked_mentions
+    from cluster.evaluate.features import encode_entities
+    from cluster.evaluate.index import ensure_eval_index
+    from cluster.evaluate.protocols import exhaustive_ranks, system_ranks
+    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
 
@@ -51,8 +51,8 @@ def test_exhaustive_and_system_ranks_are_identical_when_k_covers_the_kb(kb):
 
 
 def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
-    from cluster.evaluate import run_eval
-    from cluster.train_data import dme_uri, linked_mentions
+    from cluster.evaluate.run import run_eval
+    from cluster.inputs import dme_uri, linked_mentions
 
     cfg, storage, model_dir = kb
     mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
@@ -81,7 +81,7 @@ def _parquet_bytes(frame: pl.DataFrame) -> bytes:
 
 
 def test_nil_threshold_maximises_link_vs_nil_accuracy():
-    from cluster.calibration import nil_threshold
+    from cluster.evaluate.calibration import fit_nil_threshold as nil_threshold
 
     linked_top = torch.tensor([5.0, 6.0, 7.0, 2.5])
     gold = torch.tensor([5.0, 6.0, float("nan"), 2.5])

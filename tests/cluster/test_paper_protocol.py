@@ -1,4 +1,4 @@
-"""The paper's exhaustive protocol on the official tiles (cluster.paper_protocol), on a tiny random model in memory.
+"""The paper's exhaustive protocol on the official tiles (cluster.paper.protocol), on a tiny random model in memory.
 
 The tiled path reproduces the cached exhaustive protocol exactly for the token gate (its features do not depend
 on the batch); for the reference gate it gives finite ranks that change with the tile sizes, because the official
@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.paper_protocol import (
-    MemoryMeter,
+from cluster.evaluate.reference import (
     backbone_features,
     entity_backbone,
     match_features,
@@ -21,7 +20,8 @@ from cluster.paper_protocol import (
     reference_exhaustive_ranks,
     tile_scores,
 )
-from cluster.train_data import BatchBuilder
+from cluster.inputs import BatchBuilder
+from cluster.paper.protocol import MemoryMeter
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 N_ENTITIES, N_MENTIONS = 12, 9
@@ -108,8 +108,8 @@ def test_cached_backbone_plus_match_features_equals_encode(data, token, referenc
 
 
 def test_tiles_reproduce_the_cached_exhaustive_protocol_for_the_token_gate(data, token):
-    from cluster.eval_features import encode_entities
-    from cluster.eval_protocols import exhaustive_ranks
+    from cluster.evaluate.features import encode_entities
+    from cluster.evaluate.protocols import exhaustive_ranks
 
     _, entities, mentions = data
     model, builder = token

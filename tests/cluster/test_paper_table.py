@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.bench_paper import PRESETS, benchmark_config, fraction_tag, gate_configs, preset_config
-from cluster.paper_table import MISSING, PAPER_KS, OurRow, paper_table, published_rows
+from cluster.paper.run import PRESETS, benchmark_config, fraction_tag, gate_configs, preset_config
+from cluster.paper.table import MISSING, PAPER_KS, OurRow, paper_table, published_rows
 
 # reference section 1: top-k per dataset, lr 5e-6 (WikiMEL) or 1e-5, seed 43, batch 32
 OFFICIAL = {"wikimel": (3, 5e-6), "richpediamel": (4, 1e-5), "wikidiverse": (2, 1e-5)}
@@ -159,8 +159,8 @@ def test_published_rows_per_dataset(preset):
 
 
 def test_ann_rows_leave_out_what_a_missed_gold_makes_unknown():
-    from cluster.bench_paper import table_metrics
-    from cluster.paper_protocol import ProtocolRun
+    from cluster.paper.protocol import ProtocolRun
+    from cluster.paper.run import table_metrics
 
     metrics = {
         "hits@1": 0.5,

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
-from cluster.reports import markdown_table, plot_dev, plot_loss, write_eval_reports, write_training_reports
-from cluster.train_checkpoint import LoopState
+from cluster.evaluate.reports import (
+    markdown_table,
+    plot_dev,
+    plot_loss,
+    write_eval_reports,
+    write_training_reports,
+)
+from cluster.train.checkpoint import LoopState
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.link_client import wait_ready
+from cluster.serve.client import wait_ready
 from tests.cluster.serving.helpers import index_collection, swap_alias
 from tests.conftest import free_port
 
@@ -39,8 +39,8 @@ def _group_alive(pgid: int) -> bool:
 def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     from milvus_lite.server_manager import server_manager_instance
 
+    from cluster.artifacts import serving_model_dir
     from cluster.config import load_config
-    from cluster.linker import serving_model_dir
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage

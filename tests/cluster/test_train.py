@@ -28,8 +28,8 @@ def small_config(root: Path, extra: list[str]):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_session):
-    from cluster.evaluate import run_eval
-    from cluster.train import run_training
+    from cluster.evaluate.run import run_eval
+    from cluster.train.run import run_training
 
     # retrieve_k above the KB size: the system protocol must then reproduce the exhaustive one exactly
     cfg = small_config(tmp_path_factory.mktemp("train"), [f"train.epochs={EPOCHS}", "eval.retrieve_k=500"])

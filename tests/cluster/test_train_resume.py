@@ -12,7 +12,7 @@ FAIL_AT_STEP = 3  # after the step-2 checkpoint (checkpoint_every_steps=2)
 
 
 def test_worker_failure_resumes_then_resume_continues(tmp_path, ray_session, monkeypatch):
-    from cluster.train import FAIL_AT_STEP_ENV, FAIL_MARKER_ENV, run_training
+    from cluster.train.run import FAIL_AT_STEP_ENV, FAIL_MARKER_ENV, run_training
 
     marker = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_AT_STEP_ENV, str(FAIL_AT_STEP))

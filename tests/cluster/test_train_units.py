@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from cluster.negatives import pick_negatives
-from cluster.train_data import train_subset
-from cluster.train_loop import entity_side, same_entity_mask
-from cluster.train_optim import lr_factor, param_groups
+from cluster.inputs import train_subset
+from cluster.train.loop import entity_side, same_entity_mask
+from cluster.train.negatives import pick_negatives
+from cluster.train.optim import lr_factor, param_groups
 
 
 def test_lr_schedules_warm_up_then_decay():
@@ -71,7 +71,7 @@ def test_train_fraction_is_a_fixed_seeded_subset():
 
 def test_checkpoints_on_s3_go_through_the_configured_endpoint(s3_bucket, tmp_path):
     from cluster.config import load_config
-    from cluster.train import checkpoint_storage, clear_dir
+    from cluster.train.run import checkpoint_storage, clear_dir
     from kb_builder.storage import Storage
 
     endpoint, bucket = s3_bucket

@@ -37,9 +37,9 @@ def small_served_app(tmp: Path, app: str, route: str, n_entities: int = 40):
     from ray import serve
     from ray.serve.context import _get_global_client
 
+    from cluster.artifacts import serving_model_dir
     from cluster.config import load_config
-    from cluster.linker import serving_model_dir
-    from cluster.serve import build_app
+    from cluster.serve.app import build_app
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage

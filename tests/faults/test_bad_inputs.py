@@ -264,7 +264,7 @@ def test_a_pickled_train_state_is_refused_by_weights_only_loading(tmp_path):
 
     import torch
 
-    from cluster.train_checkpoint import STATE_FILE
+    from cluster.train.checkpoint import STATE_FILE
 
     marker = tmp_path / "PWNED"
     torch.save({"optimizer": _Payload(marker)}, tmp_path / STATE_FILE)

@@ -42,7 +42,7 @@ def checkpoint_registered(folder: Path) -> bool:
 
 @pytest.mark.slow
 def test_sigkilled_train_worker_resumes_from_checkpoint_to_the_planned_steps(tmp_path, ray_session):
-    from cluster.train import run_training
+    from cluster.train.run import run_training
 
     cfg = load_config(
         overrides=[

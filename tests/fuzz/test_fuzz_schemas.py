@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cluster.schemas import BatchLinkRequest, Filters, LinkRequest
+from cluster.serve.schemas import BatchLinkRequest, Filters, LinkRequest
 
 SETTINGS = settings(max_examples=100, deadline=None)
 

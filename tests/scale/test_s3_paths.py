@@ -113,7 +113,8 @@ def test_init_model_saved_to_s3_and_restaged(s3_kb, s3_server, tmp_path):
     import shutil
 
     from mmoe.pretrained import load_pretrained
-    from workers.model_store import model_fingerprint, resolve_model_dir
+    from workers.collections import model_fingerprint
+    from workers.model_store import resolve_model_dir
 
     cfg, _, bucket = s3_kb
     local = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
@@ -187,8 +188,8 @@ def test_feature_cache_shards_and_deltas_on_s3(s3_kb, s3_server):
 
 
 def test_reports_written_to_s3(s3_kb, s3_server):
-    from cluster.reports import write_eval_reports, write_training_reports
-    from cluster.train_checkpoint import LoopState
+    from cluster.evaluate.reports import write_eval_reports, write_training_reports
+    from cluster.train.checkpoint import LoopState
     from kb_builder.storage import Storage
 
     cfg, _, bucket = s3_kb
@@ -253,7 +254,7 @@ def test_mel_index_reads_and_writes_s3_root(s3_kb, s3_server, tmp_path):
 
 
 MOTO_MULTIPART_GAP = (
-    "cluster.train.checkpoint_storage builds pyarrow.fs.S3FileSystem without allow_delayed_open=True, so Ray "
+    "cluster.train.run.checkpoint_storage builds pyarrow.fs.S3FileSystem without allow_delayed_open=True, so Ray "
     "Train writes even its empty .validate_storage_marker as a multipart upload; moto 5.2 answers "
     "CompleteMultipartUpload with a <CompleteMultipartUploadResponse> root, which pyarrow 26 rejects as "
     "'AWS Error INTERNAL_FAILURE ... error embedded in a 200 OK response' (TrainController.__init__ dies). "
@@ -262,7 +263,7 @@ MOTO_MULTIPART_GAP = (
 
 
 def _train_fs_uses_multipart_for_small_files(cfg) -> bool:
-    from cluster.train import checkpoint_storage
+    from cluster.train.run import checkpoint_storage
     from kb_builder.storage import Storage
 
     _, fs = checkpoint_storage(cfg, Storage(cfg.storage).join("runs", "probe"))

@@ -124,7 +124,7 @@ def rebuild_kb_with_changes(cfg):
 
 
 def test_incremental_update_applies_added_changed_deleted(kb_env, ray_session, tmp_path):
-    from cluster.index import run_index_job
+    from cluster.index.run import run_index_job
 
     cfg, model_dir = kb_env
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))

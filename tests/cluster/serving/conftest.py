@@ -4,7 +4,7 @@ Package scope, not session: the app holds CPUs that Ray Train and the encoder po
 
 Cheap on purpose: 120 entities, the untrained tiny model (`models/init`), entities encoded in-process (no
 encoder actors), Milvus Lite opened by this process and shared with the Serve replicas over its local gRPC
-URI (what `cluster.serve.start_serve` does), so a test can build a second collection and swap the alias while
+URI (what `cluster.serve.app.start_serve` does), so a test can build a second collection and swap the alias while
 the app is running.
 """
 
@@ -37,9 +37,9 @@ def served_kb(tmp_path_factory, ray_session):
     from milvus_lite.server_manager import server_manager_instance
     from ray import serve
 
+    from cluster.artifacts import serving_model_dir
     from cluster.config import load_config
-    from cluster.linker import serving_model_dir
-    from cluster.serve import start_serve
+    from cluster.serve.app import start_serve
     from kb_builder.build import build_kb
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage

@@ -1,11 +1,11 @@
 """Helpers shared by the serving tests and the fault suite: index a collection in-process, swap the alias.
-Waiting for readiness is `cluster.link_client.wait_ready`."""
+Waiting for readiness is `cluster.serve.client.wait_ready`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.link_client import wait_ready  # noqa: F401  (re-exported for the serving and fault tests)
+from cluster.serve.client import wait_ready  # noqa: F401  (re-exported for the serving and fault tests)
 
 
 def index_collection(cfg, model_dir: Path, name: str, entities: list[dict]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.link_client import format_table, link, request_body
+from cluster.serve.client import format_table, link, request_body
 
 
 def test_link_client_prints_a_ranked_table(served_kb):

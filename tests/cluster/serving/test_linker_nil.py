@@ -7,8 +7,15 @@ import json
 import numpy as np
 
 from cluster.config import ServeConfig
-from cluster.linker import EncodedMention, MentionQuery, Retrieved, assemble, filter_expression, nil_threshold
-from cluster.schemas import Filters
+from cluster.serve.pipeline import (
+    EncodedMention,
+    MentionQuery,
+    Retrieved,
+    assemble,
+    filter_expression,
+    nil_threshold,
+)
+from cluster.serve.schemas import Filters
 
 
 def _answer(best_score: float, threshold):

@@ -111,7 +111,7 @@ def test_entities_endpoint(served_kb, client):
 def test_in_process_linker_equals_http(served_kb, client):
     from PIL import Image
 
-    from cluster.linker import Linker, MentionQuery
+    from cluster.serve.pipeline import Linker, MentionQuery
 
     linker = Linker.from_config(served_kb.cfg, device="cpu")
     for entity in served_kb.entities[5:8]:
@@ -125,11 +125,11 @@ def test_in_process_linker_equals_http(served_kb, client):
 
 def test_print_serve_config_is_a_serve_yaml(served_kb):
     from cluster.config import load_config
-    from cluster.serve import AppArgs, _flatten, print_serve_config
+    from cluster.serve.app import AppArgs, _flatten, print_serve_config
 
     doc = yaml.safe_load(print_serve_config(served_kb.cfg))
     (app,) = doc["applications"]
-    assert app["import_path"] == "cluster.serve:app_builder"
+    assert app["import_path"] == "cluster.serve.app:app_builder"
     assert {d["name"] for d in app["deployments"]} == {
         "LinkIngress",
         "MentionEncoder",
@@ -171,7 +171,7 @@ def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fix
     nonsense, so readiness fails and /link answers 503 naming the fix, until the alias points at a good one."""
     import time
 
-    from cluster.index_guard import model_tag
+    from workers.collections import model_tag
 
     tag = model_tag(served_kb.model_dir)
     other = "deadbeef" if tag != "deadbeef" else "feedface"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.train_checkpoint import restore_checkpoint, save_checkpoint
-from cluster.train_data import BatchBuilder, gold_entity_row
+from cluster.inputs import BatchBuilder, gold_entity_row
+from cluster.train.checkpoint import restore_checkpoint, save_checkpoint
 
 
 def _fmt_s(seconds: float) -> str:
@@ -76,7 +76,7 @@ class Trainer:
         import ray.train
         import ray.train.torch
 
-        from cluster.train_optim import build_optimizer, build_scheduler, seed_everything
+        from cluster.train.optim import build_optimizer, build_scheduler, seed_everything
         from mmoe.pretrained import load_pretrained
         from workers.images import ImageLoader
 
@@ -145,7 +145,7 @@ class Trainer:
 
     def evaluate_dev(self, epoch: int) -> float:
         """Exhaustive dev metrics on rank 0, its MRR shared with every worker (early stopping decides alike)."""
-        from cluster.eval_protocols import exhaustive_metrics
+        from cluster.evaluate.protocols import exhaustive_metrics
 
         mrr = torch.tensor([-1.0])
         if self.rank == 0 and self.config["dev_rows"]:

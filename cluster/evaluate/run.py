@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.eval_protocols import exhaustive_ranks, metrics_of, system_ranks
+from cluster.evaluate.protocols import exhaustive_ranks, system_ranks
+from mmoe.metrics import hits_and_mrr
 
 
 @dataclass
@@ -38,7 +39,7 @@ class EvalReport:
         return {k: v for k, v in self.__dict__.items()}
 
     def summary(self) -> str:
-        from cluster.reports import markdown_table
+        from cluster.evaluate.reports import markdown_table
 
         recall = ", ".join(f"{k} {v:.4f}" for k, v in self.recall_at_k.items())
         return "\n".join(
@@ -53,18 +54,10 @@ class EvalReport:
         )
 
 
-def checkpoint_uri(cfg, storage, checkpoint: str) -> str:
-    """The model to evaluate: the given one, else the run's best, else the untrained `models/init`."""
-    if checkpoint:
-        return checkpoint
-    best = storage.join("runs", cfg.train.run_name, "best")
-    return best if storage.exists(f"{best}/config.json") else storage.join("models", "init")
-
-
 def calibrate(model, builder, cfg, storage, entities) -> dict:
     """NIL threshold from dev: top scores of linked and NIL mentions, gold scores (exhaustive protocol)."""
-    from cluster.calibration import nil_threshold
-    from cluster.train_data import linked_mentions, read_dme
+    from cluster.evaluate.calibration import fit_nil_threshold
+    from cluster.inputs import linked_mentions, read_dme
     from kb_builder.shards import read_mentions
 
     dme = read_dme(storage, cfg.kb.name)
@@ -78,15 +71,15 @@ def calibrate(model, builder, cfg, storage, entities) -> dict:
     ev = cfg.eval
     on_linked = exhaustive_ranks(model, builder, linked.to_dicts(), entities, ev.batch_size, ev.entity_chunk)
     on_nil = exhaustive_ranks(model, builder, nil, entities, ev.batch_size, ev.entity_chunk)
-    return nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
+    return fit_nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
 
 
 def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     """Both protocols (DME on/off) on `split` for the local model folder `model_dir`; a plain dict."""
-    from cluster.calibration import write_calibration
-    from cluster.eval_features import encode_entities
-    from cluster.eval_index import ensure_eval_index
-    from cluster.train_data import BatchBuilder, entity_rows, linked_mentions, read_dme
+    from cluster.artifacts import write_calibration
+    from cluster.evaluate.features import encode_entities
+    from cluster.evaluate.index import ensure_eval_index
+    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions, read_dme
     from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -128,8 +121,8 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
                 use_dme,
                 f"eval {split} system{suffix}",
             )
-            tables[f"exhaustive{suffix}"] = metrics_of(a.ranks, ev.ks)
-            tables[f"system{suffix}"] = metrics_of(b.ranks, ev.ks)
+            tables[f"exhaustive{suffix}"] = hits_and_mrr(a.ranks, ev.ks)
+            tables[f"system{suffix}"] = hits_and_mrr(b.ranks, ev.ks)
             recall[f"system{suffix}"] = float(b.retrieved.float().mean()) if len(rows) else 0.0
     finally:
         store.close(release_file=True)
@@ -151,19 +144,19 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
 
 def run_eval(cfg, checkpoint: str = "", split: str = "test") -> EvalReport:
     """`mel eval`: evaluate, write metrics.json / metrics.md next to the run's checkpoints, return the report."""
-    from cluster.reports import write_eval_reports
-    from cluster.train import ensure_kb
+    from cluster.artifacts import ensure_kb, init_model, run_dir, trained_or_init
+    from cluster.evaluate.reports import write_eval_reports
     from kb_builder.storage import Storage
     from workers.model_store import resolve_model_dir
 
     storage = Storage(cfg.storage)
     ensure_kb(cfg, storage)
-    uri = checkpoint_uri(cfg, storage, checkpoint)
-    init = uri == storage.join("models", "init")  # built on first need, like every other stage does
+    uri = trained_or_init(cfg, storage, checkpoint)
+    init = uri == init_model(storage)  # built on first need, like every other stage does
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint="" if init else uri)
     report = EvalReport(**evaluate(cfg, model_dir, split=split, checkpoint=uri))
     flat = {**report.to_dict(), "nil_threshold": report.calibration.get("nil_threshold")}
     report.report_uris = write_eval_reports(
-        storage, storage.join("runs", cfg.train.run_name), flat, report.tables, split
+        storage, run_dir(storage, cfg.train.run_name), flat, report.tables, split
     )
     return report

@@ -1,22 +1,18 @@
 """NIL threshold calibration on dev: below the threshold, the best candidate's score means "not in the KB".
 
 With NIL mentions in dev: the score threshold that maximises the accuracy of the link-vs-NIL decision.
-Without any: the 5th percentile of the gold entities' scores (keeps 95% of correct links). Written to
-`<model_dir>/calibration.json` as {"nil_threshold": x}, which serving reads beside the model.
+Without any: the 5th percentile of the gold entities' scores (keeps 95% of correct links). `mel eval` writes it beside
+the model (`cluster.artifacts.write_calibration`), where serving reads it.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-CALIBRATION_FILE = "calibration.json"
 GOLD_PERCENTILE = 0.05
 
 
-def nil_threshold(linked_top: torch.Tensor, linked_gold: torch.Tensor, nil_top: torch.Tensor) -> dict:
+def fit_nil_threshold(linked_top: torch.Tensor, linked_gold: torch.Tensor, nil_top: torch.Tensor) -> dict:
     """{"nil_threshold", "method", "accuracy"} from top scores of linked and NIL mentions and gold scores."""
     linked_top, nil_top = linked_top.float(), nil_top.float()
     gold = linked_gold[~torch.isnan(linked_gold)].float()
@@ -37,11 +33,3 @@ def nil_threshold(linked_top: torch.Tensor, linked_gold: torch.Tensor, nil_top: 
         if acc > best_acc:
             best_t, best_acc = t, acc
     return {"nil_threshold": best_t, "method": "max link-vs-NIL accuracy on dev", "accuracy": best_acc}
-
-
-def write_calibration(storage, model_dir: Path, checkpoint_uri: str, calibration: dict) -> None:
-    """Beside the model: the local folder, and the checkpoint's own location when that is elsewhere (s3)."""
-    data = json.dumps(calibration, indent=2).encode()
-    (Path(model_dir) / CALIBRATION_FILE).write_bytes(data)
-    if checkpoint_uri and checkpoint_uri.rstrip("/") != str(model_dir).rstrip("/"):
-        storage.write_bytes(f"{checkpoint_uri.rstrip('/')}/{CALIBRATION_FILE}", data)

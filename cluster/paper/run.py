@@ -4,9 +4,9 @@ Steps: the preset overlay (configs/<preset>.yaml, the official settings) under t
 build the KB from the MIMIC folder -> leakage check (`mel kb check`; printed, fatal only with `strict`) ->
 train twice, `mmoe.gate: token` and `reference` (runs `<run>-token`, `<run>-reference`) -> evaluate the token
 gate under both protocols (exhaustive; Milvus top-K + exact rerank) and the reference gate under the
-exhaustive protocol only, on the official tiles (cluster.paper_protocol) -> write
+exhaustive protocol only, on the official tiles (cluster.paper.protocol) -> write
 `<root>/runs/<preset>/paper_table.md` (+ paper_results.json): our rows beside the published ones
-(cluster.paper_table), with cost per mention and peak memory per protocol. A low-resource run
+(cluster.paper.table), with cost per mention and peak memory per protocol. A low-resource run
 (`train_fraction` < 1) names its runs and files `...-train0.1` / `paper_table_train0.1.md`.
 """
 
@@ -18,8 +18,10 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.paper_protocol import OFFICIAL_ENTITY_TILE, OFFICIAL_MENTION_TILE, ProtocolRun
-from cluster.paper_table import OurRow, paper_table
+from cluster.artifacts import run_dir
+from cluster.evaluate.reference import OFFICIAL_ENTITY_TILE, OFFICIAL_MENTION_TILE
+from cluster.paper.protocol import ProtocolRun
+from cluster.paper.table import OurRow, paper_table
 
 PRESETS = ("wikimel", "richpediamel", "wikidiverse")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -220,8 +222,8 @@ def bench_gate(
     gate: str, gcfg, split: str, device: str | None, mention_tile: int, entity_tile: int
 ) -> GateRun:
     """Train one gate from models/init, then evaluate it under the protocols that gate allows."""
-    from cluster.paper_protocol import measure_reference, measure_token
-    from cluster.train import run_training
+    from cluster.paper.protocol import measure_reference, measure_token
+    from cluster.train.run import run_training
     from workers.model_store import resolve_model_dir
 
     with init_model_as(gcfg):
@@ -270,7 +272,7 @@ def run_bench_paper(
     entity_tile: int = OFFICIAL_ENTITY_TILE,
 ) -> str:
     """Run the benchmark (module docstring); returns the Markdown table it wrote."""
-    from cluster.ray_runtime import init_ray
+    from cluster.runtime import init_ray
     from kb_builder.build import build_kb
     from kb_builder.storage import Storage
 
@@ -293,7 +295,7 @@ def run_bench_paper(
         "gates": {r.gate: r.to_dict() for r in runs},
     }
     storage, tag = Storage(pcfg.storage), fraction_tag(pcfg.train.train_fraction).replace("-", "_")
-    out_dir = storage.join("runs", preset)
+    out_dir = run_dir(storage, preset)
     storage.write_bytes(f"{out_dir}/paper_table{tag}.md", table.encode())
     storage.write_bytes(
         f"{out_dir}/paper_results{tag}.json", json.dumps(results, indent=2, default=str).encode()

@@ -24,8 +24,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.index_guard import IndexModelMismatch
-from cluster.schemas import BatchLinkRequest, BatchLinkResponse, Entity, LinkRequest, LinkResponse, MentionIn
+from cluster.serve.guard import IndexModelMismatch
+from cluster.serve.schemas import (
+    BatchLinkRequest,
+    BatchLinkResponse,
+    Entity,
+    LinkRequest,
+    LinkResponse,
+    MentionIn,
+)
 
 log = logging.getLogger("mel.api")
 URI_SCHEMES = re.compile(r"^(s3|https?|file)://", re.IGNORECASE)
@@ -40,7 +47,7 @@ class ApiError(Exception):
 
 
 class LinkBackend(Protocol):
-    """What the routes call: `cluster.serve.LinkIngress` (deployment handles) or `cluster.linker.Linker`."""
+    """What the routes call: `cluster.serve.app.LinkIngress` (deployment handles) or `cluster.serve.pipeline.Linker`."""
 
     async def link_queries(self, queries: list[Any]) -> list[dict]: ...
 
@@ -166,7 +173,7 @@ def decode_image(value: str, field: str, serve_cfg, loader) -> Any:
 
 async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, loader) -> list[Any]:
     """Validated request items -> `MentionQuery` records (images decoded off the event loop)."""
-    from cluster.linker import MentionQuery, filter_expression
+    from cluster.serve.pipeline import MentionQuery, filter_expression
 
     queries = []
     for i, item in enumerate(items):

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.train_checkpoint import MODEL_SUBDIR, LoopState
+from cluster.artifacts import best_model, ensure_kb, run_dir
+from cluster.train.checkpoint import MODEL_SUBDIR, LoopState
 
 FAIL_AT_STEP_ENV = "MEL_FAULT_TRAIN_FAIL_AT_STEP"  # test hook: the last rank raises once at this step
 FAIL_MARKER_ENV = "MEL_FAULT_TRAIN_MARKER"  # ... and leaves this file so that it fires only once
@@ -87,17 +88,9 @@ def clear_dir(storage, uri: str) -> None:
         shutil.rmtree(Path(uri).expanduser(), ignore_errors=True)
 
 
-def ensure_kb(cfg, storage) -> None:
-    """Build the KB first when `mel train` runs on a fresh root (the sample KB by default)."""
-    if not storage.exists(storage.join("kb", cfg.kb.name, "manifest.json")):
-        from kb_builder.build import build_kb
-
-        build_kb(cfg.kb, cfg.storage)  # prints its own summary
-
-
 def prepare_data(cfg, storage, model_dir: Path) -> dict:
     """Train mentions (joined with gold rows, DME desc, subset, hard negatives), dev rows and entity rows."""
-    from cluster.train_data import entity_rows, linked_mentions, read_dme, train_subset
+    from cluster.inputs import entity_rows, linked_mentions, read_dme, train_subset
 
     dme = read_dme(storage, cfg.kb.name)
     train, nil = linked_mentions(storage, cfg.kb.name, "train", dme)
@@ -105,7 +98,7 @@ def prepare_data(cfg, storage, model_dir: Path) -> dict:
     dev, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
     entities = entity_rows(storage, cfg.kb.name)
     if cfg.train.hard_negatives > 0:
-        from cluster.negatives import mine_hard_negatives
+        from cluster.train.negatives import mine_hard_negatives
 
         train = mine_hard_negatives(cfg, storage, model_dir, train, entities)
     return {"train": train, "nil": nil, "dev_rows": dev.to_dicts(), "entity_rows": entities}
@@ -124,7 +117,7 @@ def build_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
-    from cluster.train_loop import train_loop_per_worker
+    from cluster.train.loop import train_loop_per_worker
 
     tc = cfg.train
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -165,7 +158,7 @@ def build_trainer(
 
 def export_best(result, storage, best_uri: str) -> LoopState:
     """Copy the best checkpoint's model to `best_uri`; return the latest checkpoint's history."""
-    from cluster.train_checkpoint import read_history
+    from cluster.train.checkpoint import read_history
 
     with result.checkpoint.as_directory() as latest:
         history = read_history(latest)
@@ -179,8 +172,8 @@ def export_best(result, storage, best_uri: str) -> LoopState:
 
 def run_training(cfg, resume: bool = False) -> TrainResult:
     """Train, keep the best model by dev MRR, write curves; see the module docstring for the layout."""
-    from cluster.ray_runtime import init_ray
-    from cluster.reports import write_training_reports
+    from cluster.evaluate.reports import write_training_reports
+    from cluster.runtime import init_ray
     from kb_builder.storage import Storage
     from workers.model_store import resolve_model_dir
 
@@ -190,9 +183,9 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
     ensure_kb(cfg, storage)
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
     data = prepare_data(cfg, storage, model_dir)
-    run_uri = storage.join("runs", cfg.train.run_name)
+    run_uri = run_dir(storage, cfg.train.run_name)
     if not resume:
-        clear_dir(storage, storage.join("runs", cfg.train.run_name, CHECKPOINTS_DIR))
+        clear_dir(storage, storage.join(run_uri, CHECKPOINTS_DIR))
     print(
         f"[train] {data['train'].height} train mentions, {len(data['dev_rows'])} dev, "
         f"{len(data['entity_rows'])} entities; {cfg.train.num_workers} workers; run {run_uri}"
@@ -200,7 +193,7 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
     )
     storage_path, filesystem = checkpoint_storage(cfg, run_uri)
     result = build_trainer(cfg, model_dir, data, storage_path, filesystem).fit()
-    best_uri = storage.join("runs", cfg.train.run_name, "best")
+    best_uri = best_model(storage, cfg.train.run_name)
     history = export_best(result, storage, best_uri)
     train_result = TrainResult(
         run_dir=run_uri,

@@ -26,9 +26,9 @@ def mine_hard_negatives(
     cfg, storage, model_dir: Path, train: pl.DataFrame, entity_rows: list[dict]
 ) -> pl.DataFrame:
     """`train` with a `hard_negative_ids` list column."""
-    from cluster.eval_features import encode_entities, encode_mention_batches
-    from cluster.eval_index import ensure_eval_index
-    from cluster.train_data import BatchBuilder
+    from cluster.evaluate.features import encode_entities, encode_mention_batches
+    from cluster.evaluate.index import ensure_eval_index
+    from cluster.inputs import BatchBuilder
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
 

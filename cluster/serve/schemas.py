@@ -1,7 +1,7 @@
 """Request and response models of the linking API (`POST /link`, `POST /link/batch`, `GET /entities/{id}`).
 
 Every request model forbids unknown fields, so a typo such as `topk` is a 422 naming the field instead of a
-silently ignored option. Size limits that depend on `ServeConfig` are checked in `cluster.api`, because pydantic
+silently ignored option. Size limits that depend on `ServeConfig` are checked in `cluster.serve.http`, because pydantic
 models are static and the limits are per deployment.
 """
 

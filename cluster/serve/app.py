@@ -3,7 +3,7 @@
     LinkIngress (FastAPI, /docs) --handle--> MentionEncoder (@serve.batch) --> Retriever (Milvus, alias)
                                  --handle--> Reranker (@serve.batch, MMoE + FeatureCache)
 
-Each deployment wraps a plain class of `cluster.linker`. Replicas, autoscaling, max_ongoing_requests, GPUs and
+Each deployment wraps a plain class of `cluster.serve.pipeline`. Replicas, autoscaling, max_ongoing_requests, GPUs and
 batch sizes come from `ServeConfig`. `app_builder` is the `import_path` of `print_serve_config`'s YAML
 (`serve deploy`); `start_serve` / `run_serve` are `mel serve`.
 
@@ -79,11 +79,13 @@ class MentionEncoder:
     """Mention -> MMoE features + u_m; concurrent requests are grouped by `@serve.batch`."""
 
     def __init__(self, cfg: MELConfig, model_dir: str):
-        from cluster.linker import MentionEncoder as Plain
-        from cluster.linker import pick_device
+        from cluster.serve.pipeline import MentionEncoder as Plain
+        from workers.device import pick_device
 
         _torch_threads(cfg.serve.num_cpus_per_replica)
-        self.encoder = Plain(model_dir, pick_device(cfg.serve.num_gpus_per_replica), cfg.encoder.dtype)
+        self.encoder = Plain(
+            model_dir, str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica)), cfg.encoder.dtype
+        )
 
     def reconfigure(self, user_config: dict) -> None:
         _set_batching(self.encode, user_config)
@@ -98,7 +100,7 @@ class Retriever:
     """ANN top-K from the collection behind the alias (re-resolved each second: swaps need no restart)."""
 
     def __init__(self, cfg: MELConfig):
-        from cluster.linker import Retriever as Plain
+        from cluster.serve.pipeline import Retriever as Plain
 
         self.retriever = Plain(cfg)
 
@@ -118,11 +120,11 @@ class Reranker:
     """Exact MMoE scores of each mention's own candidates; `@serve.batch` pads candidate sets to one tensor."""
 
     def __init__(self, cfg: MELConfig, model_dir: str):
-        from cluster.linker import Reranker as Plain
-        from cluster.linker import pick_device
+        from cluster.serve.pipeline import Reranker as Plain
+        from workers.device import pick_device
 
         _torch_threads(cfg.serve.num_cpus_per_replica)
-        self.reranker = Plain(cfg, model_dir, pick_device(cfg.serve.num_gpus_per_replica))
+        self.reranker = Plain(cfg, model_dir, str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica)))
 
     def reconfigure(self, user_config: dict) -> None:
         _set_batching(self.rerank, user_config)
@@ -135,11 +137,11 @@ class Reranker:
 @serve.deployment
 @serve.ingress()
 class LinkIngress:
-    """The HTTP front door (`cluster.api`); each mention flows encoder -> retriever -> reranker by handles."""
+    """The HTTP front door (`cluster.serve.http`); each mention flows encoder -> retriever -> reranker by handles."""
 
     def __init__(self, cfg: MELConfig, model_dir: str, encoder, retriever, reranker):
-        from cluster.index_guard import model_tag
-        from cluster.linker import nil_threshold
+        from cluster.artifacts import nil_threshold
+        from workers.collections import model_tag
         from workers.images import ImageLoader
 
         self.cfg = cfg
@@ -149,13 +151,13 @@ class LinkIngress:
         self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
 
     def __serve_build_asgi_app__(self):
-        from cluster.api import create_app
+        from cluster.serve.http import create_app
 
         return create_app(self, self.cfg.serve, self.loader)
 
     async def _link_one(self, query) -> dict:
-        from cluster.index_guard import ensure_indexed_by
-        from cluster.linker import assemble
+        from cluster.serve.guard import ensure_indexed_by
+        from cluster.serve.pipeline import assemble
 
         enc = _raise_failed(await self.encoder.encode.remote(query))
         k = max(self.cfg.serve.retrieve_k, query.top_k)
@@ -176,7 +178,7 @@ class LinkIngress:
             ready, detail = await self.retriever.ready.remote()
         except Exception as exc:  # Milvus unreachable: not ready, and say why
             return False, {"reason": f"retriever: {type(exc).__name__}"}
-        from cluster.index_guard import guard_readiness
+        from cluster.serve.guard import guard_readiness
 
         ready, detail = guard_readiness(ready, detail, self.tag)
         return ready, {**detail, "nil_threshold": self.threshold}
@@ -235,7 +237,7 @@ def deployment_options(cfg: MELConfig) -> dict[str, dict]:
 
 def build_app(cfg: MELConfig) -> Application:
     """The Serve application for `cfg` (models from `serving_model_dir`, Milvus from `milvus_uri`)."""
-    from cluster.linker import serving_model_dir
+    from cluster.artifacts import serving_model_dir
 
     model_dir = str(serving_model_dir(cfg))
     opts = deployment_options(cfg)
@@ -262,7 +264,7 @@ def _flatten(sections: dict) -> list[str]:
 
 
 def app_builder(args: AppArgs) -> Application:
-    """`import_path: cluster.serve:app_builder` for `serve deploy` / `serve run`."""
+    """`import_path: cluster.serve.app:app_builder` for `serve deploy` / `serve run`."""
     args = AppArgs.model_validate(args) if isinstance(args, dict) else args
     return build_app(load_config(args.config_path, overrides=_flatten(args.config) + list(args.overrides)))
 
@@ -279,7 +281,7 @@ def print_serve_config(cfg: MELConfig) -> str:
             {
                 "name": APP_NAME,
                 "route_prefix": "/",
-                "import_path": "cluster.serve:app_builder",
+                "import_path": "cluster.serve.app:app_builder",
                 "args": {"config": dataclasses.asdict(cfg)},
                 "deployments": deployments,
             }
@@ -314,7 +316,7 @@ def _local_lite_server(cfg: MELConfig) -> MELConfig:
 
 def start_serve(cfg: MELConfig) -> str:
     """Deploy on the running (or a new) Ray and return the base URL; does not block."""
-    from cluster.ray_runtime import init_ray
+    from cluster.runtime import init_ray
 
     init_ray(cfg.ray)
     cfg = _local_lite_server(cfg)

@@ -10,7 +10,7 @@ def run_index_job(cfg, mode: str = "full", checkpoint: str = ""):
     `<root>/models/init`), so index -> train -> index -> serve ends with vectors of the served model.
     """
     from cluster.config import milvus_uri
-    from cluster.ray_runtime import init_ray
+    from cluster.runtime import init_ray
     from workers.index_job import run_index
     from workers.model_store import resolve_model_dir
 
@@ -18,7 +18,7 @@ def run_index_job(cfg, mode: str = "full", checkpoint: str = ""):
     if checkpoint:
         model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint)
     else:
-        from cluster.linker import serving_model_dir
+        from cluster.artifacts import serving_model_dir
 
         model_dir = serving_model_dir(cfg)
     return run_index(cfg.storage, cfg.kb, cfg.encoder, cfg.milvus, milvus_uri(cfg), model_dir, mode=mode)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cluster.eval_features import EntityFeatures, as_float, bare, encode_mention_batches
-from cluster.train_data import BatchBuilder
+from cluster.evaluate.features import EntityFeatures, as_float, bare, encode_mention_batches
+from cluster.inputs import BatchBuilder
+from mmoe.metrics import hits_and_mrr, rank_all
 
 
 @dataclass
@@ -58,31 +59,11 @@ def exhaustive_ranks(
     with torch.no_grad():
         for start, feats, _ in encode_mention_batches(model, builder, rows, batch_size, use_dme, label):
             g = gold[start : start + batch_size]  # [B]
-            linked = g >= 0
-            g_score = torch.full((len(g),), float("nan"))
-            if (
-                linked.any()
-            ):  # gold scores from one call on the gold columns (as mmoe.metrics.exhaustive_ranks)
-                unique, inverse = torch.unique(g.clamp(min=0), return_inverse=True)
-                g_score[linked] = score(feats, unique).gather(1, inverse[:, None])[:, 0][linked]
-            greater = torch.zeros(len(g), dtype=torch.long)
-            best = torch.full((len(g),), float("-inf"))
-            best_index = torch.zeros(len(g), dtype=torch.long)
-            for lo in range(0, n, entity_chunk):
-                index = torch.arange(lo, min(lo + entity_chunk, n))  # [C]
-                chunk = score(feats, index)  # [B,C]
-                # the gold column itself is skipped so that float noise between calls cannot move a rank
-                greater += ((chunk > g_score[:, None]) & (index[None, :] != g[:, None])).sum(dim=1)
-                value, arg = chunk.max(dim=1)
-                better = value > best
-                best, best_index = (
-                    torch.where(better, value, best),
-                    torch.where(better, index[arg], best_index),
-                )
-            ranks.append(torch.where(linked, greater + 1, torch.zeros_like(greater)))
-            gold_scores.append(g_score)
-            top_scores.append(best)
-            top_ids += [entities.ids[i] for i in best_index.tolist()]
+            ranked = rank_all(lambda index, feats=feats: score(feats, index), n, g, entity_chunk)
+            ranks.append(ranked.ranks)
+            gold_scores.append(ranked.gold_scores)
+            top_scores.append(ranked.top_scores)
+            top_ids += [entities.ids[i] for i in ranked.top_index.tolist()]
     if not rows:
         return RankResult(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], top_scores=torch.zeros(0))
     return RankResult(torch.cat(ranks), torch.cat(gold_scores), top_ids, top_scores=torch.cat(top_scores))
@@ -134,22 +115,15 @@ def system_ranks(
     )
 
 
-def metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
-    """Hits@k, MRR (fractions) and mean rank of 1-based ranks."""
-    from mmoe.metrics import hits_and_mrr
-
-    return {k: float(v) for k, v in hits_and_mrr(ranks, ks).items()}
-
-
 def exhaustive_metrics(
     model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg
 ) -> dict:
     """Protocol (a) end to end on a model in memory (the training loop's dev evaluation)."""
-    from cluster.eval_features import encode_entities
+    from cluster.evaluate.features import encode_entities
 
     if getattr(getattr(model, "module", model), "reference_gate", False):
         # The official gate's features depend on the batch: score the paper's tiles instead of cached features.
-        from cluster.paper_protocol import reference_exhaustive_metrics
+        from cluster.evaluate.reference import reference_exhaustive_metrics
 
         return reference_exhaustive_metrics(
             getattr(model, "module", model), builder, rows, entity_rows, eval_cfg
@@ -157,4 +131,4 @@ def exhaustive_metrics(
 
     entities = encode_entities(model, builder, entity_rows, eval_cfg.batch_size)
     result = exhaustive_ranks(model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk)
-    return metrics_of(result.ranks[result.ranks > 0], eval_cfg.ks)
+    return hits_and_mrr(result.ranks[result.ranks > 0], eval_cfg.ks)

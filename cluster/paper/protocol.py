@@ -6,7 +6,7 @@
   backbone features of every entity computed once and kept (the authors' 13–20 GB of host RAM), the MoE
   matcher recomputed on both sides for every tile, `model.score(m_tile, e_tile)`.
 - Token gate: (a) exhaustive with cached entity features and (b) Milvus top-K + exact rerank, the building
-  blocks of `cluster.evaluate` (eval_protocols), timed one protocol at a time.
+  blocks of `cluster.evaluate.run` (eval_protocols), timed one protocol at a time.
 
 Cost per mention = the protocol's wall time over the mentions it ranked; the one-off KB side (entity encoding,
 index build) is reported apart as `setup_s`. Peak memory = the process RSS high-water mark sampled while the
@@ -19,14 +19,19 @@ import os
 import resource
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
-from cluster.train_data import BatchBuilder
+from cluster.evaluate.reference import (
+    OFFICIAL_ENTITY_TILE,
+    OFFICIAL_MENTION_TILE,
+    entity_backbone,
+    tile_scores,
+)
+from cluster.inputs import BatchBuilder
+from workers.device import pick_device
 
-OFFICIAL_MENTION_TILE = 20  # mentions per tile in the official evaluation
-OFFICIAL_ENTITY_TILE = 6000  # entities per tile (and per batch-normalised gate) in the official evaluation
 RSS_SAMPLE_S = 0.02
 
 
@@ -91,126 +96,9 @@ class ProtocolRun:
         return 1000.0 * self.wall_s / max(1, self.mentions)
 
 
-# -- reference gate: the official tiles ----------------------------------------------------------------------
-def match_features(model, f):
-    """SideFeatures from backbone features: the second half of `MMoEModel.encode` (MoE units on this batch).
-
-    Kept apart so that the batch-independent CLIP features are computed once per record while the
-    batch-dependent MoE runs per tile, as the official evaluation does.
-    """
-    from mmoe.model import SideFeatures
-
-    text_mask = torch.ones_like(f.text_mask) if model.reference_gate else f.text_mask  # [B,L]
-    image_mask = torch.ones(f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device)  # [B,V]
-    text = model.text_unit.encode(f.text_cls, f.text_tokens, text_mask)
-    image = model.image_unit.encode(f.image_cls, f.image_tokens, image_mask)
-    cross = model.cross_unit.encode(f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens)
-    aux = (text.aux_loss + image.aux_loss + cross.aux_loss) / 3
-    return SideFeatures(f.text_cls, f.image_cls, text, image, cross, f.has_image, aux)
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def backbone_features(model, inputs: dict):
-    """CLIP features of one batch (independent of the other records: the gate comes later)."""
-    from mmoe.features import zero_missing_pixels
-
-    pixels = zero_missing_pixels(inputs["pixel_values"], inputs["image_mask"])
-    return model.features(inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_mask"])
-
-
-@torch.no_grad()
-def entity_backbone(model, builder: BatchBuilder, entity_rows: list[dict], batch_size: int):
-    """Backbone features of every entity, concatenated in entity-row order (the official KB feature cache)."""
-    device = next(model.parameters()).device
-    parts = [
-        backbone_features(model, _to(builder.entities(entity_rows[i : i + batch_size]), device))
-        for i in range(0, len(entity_rows), batch_size)
-    ]
-    if not parts:
-        raise ValueError("the KB has no entities")
-    return type(parts[0])(
-        **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
-    )
-
-
-@torch.no_grad()
-def tile_scores(
-    model,
-    builder: BatchBuilder,
-    rows: list[dict],
-    entities,
-    mention_tile: int = OFFICIAL_MENTION_TILE,
-    entity_tile: int = OFFICIAL_ENTITY_TILE,
-    use_dme: bool = True,
-):
-    """Yield (start, scores [b, N]) per mention tile: `model.score` on every (mention tile, entity tile) pair.
-
-    `entities` = `entity_backbone(...)`. Both sides' MoE is recomputed per tile (reference section 1).
-    """
-    from mmoe.model import select_rows
-
-    device = next(model.parameters()).device
-    n = entities.text_cls.shape[0]
-    for start in range(0, len(rows), mention_tile):
-        inputs = _to(builder.mentions(rows[start : start + mention_tile], use_dme=use_dme), device)
-        m = match_features(model, backbone_features(model, inputs))
-        chunks = []
-        for lo in range(0, n, entity_tile):
-            e = match_features(model, select_rows(entities, slice(lo, min(lo + entity_tile, n))))
-            chunks.append(model.score(m, e).scores.float().cpu())  # [b, tile]
-        yield start, torch.cat(chunks, dim=1)  # [b, N]
-
-
-def reference_exhaustive_ranks(
-    model,
-    builder: BatchBuilder,
-    rows: list[dict],
-    entity_rows: list[dict],
-    batch_size: int = 64,
-    mention_tile: int = OFFICIAL_MENTION_TILE,
-    entity_tile: int = OFFICIAL_ENTITY_TILE,
-    use_dme: bool = True,
-) -> torch.Tensor:
-    """Ranks [M] of each linked mention's gold among every entity, on the official tiles (works for any gate)."""
-    from mmoe.metrics import gold_ranks
-
-    position = {r["entity_id"]: i for i, r in enumerate(entity_rows)}
-    gold = torch.tensor([position[r["gold_entity_id"]] for r in rows], dtype=torch.long)  # [M]
-    if not rows:
-        return torch.zeros(0, dtype=torch.long)
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    try:
-        entities = entity_backbone(model, builder, entity_rows, batch_size)
-        ranks = [
-            gold_ranks(scores, gold[start : start + scores.shape[0]])
-            for start, scores in tile_scores(
-                model, builder, rows, entities, mention_tile, entity_tile, use_dme
-            )
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(ranks)
-
-
-def reference_exhaustive_metrics(
-    model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg
-) -> dict:
-    """Same signature as `eval_protocols.exhaustive_metrics`, for a reference-gate model (training's dev eval)."""
-    from cluster.eval_protocols import metrics_of
-
-    ranks = reference_exhaustive_ranks(model, builder, rows, entity_rows, eval_cfg.batch_size)
-    return metrics_of(ranks, eval_cfg.ks)
-
-
 # -- the runs bench-paper measures --------------------------------------------------------------------------
 def _inputs(cfg, model_dir, split: str, device: str = "cpu"):
-    from cluster.train_data import entity_rows, linked_mentions, read_dme
+    from cluster.inputs import entity_rows, linked_mentions, read_dme
     from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -223,11 +111,6 @@ def _inputs(cfg, model_dir, split: str, device: str = "cpu"):
     return storage, model, builder, rows.to_dicts(), entity_rows(storage, cfg.kb.name), nil_skipped
 
 
-def pick_device(device: str | None = None) -> str:
-    """The device chosen once: the given one, else CUDA when present."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def measure_reference(
     cfg,
     model_dir,
@@ -237,10 +120,9 @@ def measure_reference(
     entity_tile: int = OFFICIAL_ENTITY_TILE,
 ) -> ProtocolRun:
     """The reference-gate model under the paper's exhaustive protocol, on the official tiles."""
-    from cluster.eval_protocols import metrics_of
-    from mmoe.metrics import gold_ranks
+    from mmoe.metrics import gold_ranks, hits_and_mrr
 
-    device = pick_device(device)
+    device = str(pick_device(device))
     _, model, builder, rows, entity_rows, nil_skipped = _inputs(cfg, model_dir, split, device)
     position = {r["entity_id"]: i for i, r in enumerate(entity_rows)}
     gold = torch.tensor([position[r["gold_entity_id"]] for r in rows], dtype=torch.long)
@@ -256,7 +138,7 @@ def measure_reference(
     ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     return ProtocolRun(
         "reference exhaustive",
-        metrics_of(ranks, cfg.eval.ks),
+        hits_and_mrr(ranks, cfg.eval.ks),
         len(rows),
         t2 - t1,
         t1 - t0,
@@ -275,10 +157,11 @@ def measure_reference(
 
 def measure_token(cfg, model_dir, split: str = "test") -> list[ProtocolRun]:
     """The token-gate model under (a) exhaustive and (b) Milvus top-K + exact rerank, timed apart (CPU, as
-    `cluster.evaluate` runs them). The DME descriptions are used when a DME cache exists."""
-    from cluster.eval_features import encode_entities
-    from cluster.eval_index import ensure_eval_index
-    from cluster.eval_protocols import exhaustive_ranks, metrics_of, system_ranks
+    `cluster.evaluate.run` runs them). The DME descriptions are used when a DME cache exists."""
+    from cluster.evaluate.features import encode_entities
+    from cluster.evaluate.index import ensure_eval_index
+    from cluster.evaluate.protocols import exhaustive_ranks, system_ranks
+    from mmoe.metrics import hits_and_mrr
 
     ev = cfg.eval
     storage, model, builder, rows, entity_rows, nil_skipped = _inputs(cfg, model_dir, split)
@@ -308,7 +191,7 @@ def measure_token(cfg, model_dir, split: str = "test") -> list[ProtocolRun]:
     return [
         ProtocolRun(
             "exhaustive",
-            metrics_of(a.ranks, ev.ks),
+            hits_and_mrr(a.ranks, ev.ks),
             len(rows),
             wall_a,
             t1 - t0,
@@ -319,7 +202,7 @@ def measure_token(cfg, model_dir, split: str = "test") -> list[ProtocolRun]:
         ),
         ProtocolRun(
             "system",
-            metrics_of(b.ranks, ev.ks),
+            hits_and_mrr(b.ranks, ev.ks),
             len(rows),
             wall_b,
             t2 - t0,

@@ -3,7 +3,7 @@
 Reference section 2: the MMoE score splits into an inner product <u_m, u_e>/6, searched in Milvus, plus g2l
 attention terms computed from cached entity-side features, so reranking the K retrieved candidates gives the
 same scores as exhaustive scoring for those K. `MentionEncoder`, `Retriever` and `Reranker` are what the Ray
-Serve deployments wrap (cluster/serve.py); `Linker` composes them in-process for tests and benchmarks.
+Serve deployments wrap (cluster/serve/app.py); `Linker` composes them in-process for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.index_guard import ensure_indexed_by, guard_readiness, model_tag
+from cluster.artifacts import nil_threshold, serving_model_dir
+from cluster.serve.guard import ensure_indexed_by, guard_readiness
+from workers.collections import model_tag
+from workers.device import pick_device
 
 log = logging.getLogger("mel.linker")
 ALIAS_REFRESH_S = 1.0  # how stale the alias -> collection resolution may be; a swap is seen within this
@@ -154,43 +157,12 @@ def filter_expression(filters) -> str:
     return " and ".join(parts)
 
 
-def pick_device(num_gpus: float) -> str:
-    """Decided once per replica: CUDA only when Serve gave the replica a GPU share."""
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
-def serving_model_dir(cfg) -> Path:
-    """serve.checkpoint, else the training run's best model, else models/init (as the index job uses)."""
-    from kb_builder.storage import Storage
-    from workers.model_store import resolve_model_dir
-
-    checkpoint = cfg.serve.checkpoint
-    if not checkpoint:
-        storage = Storage(cfg.storage)
-        best = storage.join("runs", cfg.train.run_name, "best")
-        if storage.exists(storage.join("runs", cfg.train.run_name, "best", "config.json")):
-            checkpoint = best
-    return Path(resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint))
-
-
-def nil_threshold(serve_cfg, model_dir: Path) -> float | None:
-    """serve.nil_threshold, else `<model_dir>/calibration.json` (written by `mel eval`), else None (never NIL)."""
-    if serve_cfg.nil_threshold is not None:
-        return float(serve_cfg.nil_threshold)
-    path = Path(model_dir) / "calibration.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        value = data.get("nil_threshold", data.get("threshold"))
-        return None if value is None else float(value)
-    return None
-
-
 class MentionEncoder:
     """Mention text + image -> MMoE mention features and the retrieval vector u_m."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto"):
         from mmoe.pretrained import load_pretrained
-        from workers.encoder import autocast_dtype
+        from workers.device import autocast_dtype
 
         self.device = device
         self.model, self.processor = load_pretrained(str(model_dir), device=device)
@@ -411,7 +383,7 @@ def assemble(query: MentionQuery, enc: EncodedMention, ret: Retrieved, ranked: d
 
 @dataclass
 class Linker:
-    """The whole pipeline in one process; implements `cluster.api.LinkBackend` for in-process serving."""
+    """The whole pipeline in one process; implements `cluster.serve.http.LinkBackend` for in-process serving."""
 
     encoder: MentionEncoder
     retriever: Retriever
@@ -424,7 +396,7 @@ class Linker:
     @classmethod
     def from_config(cls, cfg, device: str | None = None) -> Linker:
         model_dir = serving_model_dir(cfg)
-        device = device or pick_device(cfg.serve.num_gpus_per_replica)
+        device = str(pick_device(device, cfg.serve.num_gpus_per_replica))
         return cls(
             MentionEncoder(model_dir, device, cfg.encoder.dtype),
             Retriever(cfg),

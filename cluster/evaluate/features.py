@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cluster.train_data import BatchBuilder
+from cluster.inputs import BatchBuilder
 
 
 @dataclass

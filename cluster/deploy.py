@@ -1,6 +1,6 @@
 """Deployment files generated from `ray_config.yaml`, so they cannot drift from it.
 
-`python -m cluster.deploy.manifests [--config FILE] [--out cluster/deploy]` writes:
+`python -m cluster.deploy [--config FILE] [--out deploy]` writes (into the top-level `deploy/`):
 - `ray-cluster.yaml`  Ray cluster launcher (head + GPU worker group), for `ray up`;
 - `raycluster.yaml`   KubeRay RayCluster (head + GPU worker group);
 - `rayjob-index.yaml`, `rayjob-train.yaml`  KubeRay RayJobs running `mel index` / `mel train`;
@@ -127,7 +127,7 @@ def serve_application(cfg) -> dict:
     return {
         "name": "mel",
         "route_prefix": "/",
-        "import_path": "cluster.serve:app_builder",
+        "import_path": "cluster.serve.app:app_builder",
         "args": {"config_path": "/config/ray_config.yaml"},
     }
 
@@ -176,7 +176,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "deploy"))
     args = parser.parse_args()
     for name, text in render_all(load_config(args.config)).items():
         (Path(args.out) / name).write_text(text)

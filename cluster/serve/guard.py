@@ -1,28 +1,18 @@
 """Which model indexed a collection: serving refuses a collection filled by another model than the served one.
 
-`mel index` names each collection `<alias>_v<kb_version[:12]>_<model fingerprint[:8]>`. Entity vectors in Milvus
+`mel index` names each collection after the model that fills it (`workers.collections`). Entity vectors in Milvus
 and the cached entity-side features come from that model; served with another one (e.g. `mel train` after
 `mel index`, without re-indexing) every score would be meaningless, so readiness fails and /link answers 503
-naming the fix. Light on purpose: cluster/api.py imports it without torch.
+naming the fix. Light on purpose: cluster/serve/http.py imports it without torch.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-INDEXED_BY = re.compile(r"_v[0-9a-f]{12}_([0-9a-f]{8})$")  # `mel index`: <alias>_v<kb_version>_<model tag>
+from workers.collections import indexed_by
 
 
 class IndexModelMismatch(RuntimeError):
     """The collection behind the alias holds another model's vectors: answering would rank nonsense."""
-
-
-def model_tag(model_dir: str | Path) -> str:
-    """The 8-hex fingerprint `mel index` puts in the names of the collections this model fills."""
-    from workers.model_store import model_fingerprint
-
-    return model_fingerprint(Path(model_dir))[:8]
 
 
 def ensure_indexed_by(collection: str | None, tag: str) -> None:
@@ -45,10 +35,10 @@ def index_model_mismatch(collection: str | None, tag: str) -> str | None:
     (e.g. `mel train` after `mel index`, without re-indexing) the scores are meaningless, so serving refuses.
     Collections not named by `mel index` (hand-made, tests) carry no tag and are trusted.
     """
-    match = INDEXED_BY.search(collection or "")
-    if not tag or match is None or match.group(1) == tag:
+    other = indexed_by(collection)
+    if not tag or other is None or other == tag:
         return None
     return (
-        f"collection {collection!r} was indexed by another model ({match.group(1)}) than the one served "
+        f"collection {collection!r} was indexed by another model ({other}) than the one served "
         f"({tag}): run `mel index` with the served model, or serve the model that indexed it (serve.checkpoint)"
     )

@@ -1,32 +1,20 @@
 """A Milvus collection and feature cache that match one model, for the system protocol and negative mining.
 
 The serving alias may point at an index built by another model (an older run, the untrained model), whose
-vectors would not match the checkpoint under evaluation. So evaluation writes its own collection, named by a
-fingerprint of the model weights and the KB version, and reuses it while both stay the same. With Milvus Lite
+vectors would not match the checkpoint under evaluation. So evaluation writes its own collection, named by the
+model's fingerprint and the KB version (`workers.collections.eval_collection`), and reuses it while both stay the same. With Milvus Lite
 it lives in a sibling file (`milvus_eval.db`): a Lite file is locked by one process, which may be `mel serve`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from cluster.config import milvus_uri
-from cluster.eval_features import EntityFeatures
+from cluster.evaluate.features import EntityFeatures
+from workers.collections import eval_collection, model_tag
 
 SHARD_NAME = "part-00000"
-
-
-def model_fingerprint(model_dir: str | Path, kb_version: str = "") -> str:
-    """12 hex chars over the weights, the model config and the KB version."""
-    digest = hashlib.sha256(kb_version.encode())
-    for name in ("config.json", "model.safetensors"):
-        path = Path(model_dir) / name
-        if path.exists():
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def kb_version(storage, kb_name: str) -> str:
@@ -49,7 +37,7 @@ def ensure_eval_index(cfg, storage, model_dir: str | Path, entities: EntityFeatu
     from workers.feature_cache import FeatureCache
     from workers.milvus_store import MilvusStore
 
-    name = f"{cfg.milvus.collection}_eval_{model_fingerprint(model_dir, kb_version(storage, cfg.kb.name))}"
+    name = eval_collection(cfg.milvus.collection, kb_version(storage, cfg.kb.name), model_tag(model_dir))
     store = MilvusStore(cfg.milvus, eval_milvus_uri(cfg))
     cache = FeatureCache(storage, name)
     if store.exists(name):

@@ -1,0 +1,134 @@
+"""The reference gate's exhaustive protocol on the official tiles (reference section 1, evaluation).
+
+The official gate normalises over the batch, so a record's features depend on the records beside it and nothing
+can be cached or retrieved by ANN. We run the official code's tiles instead: 20 mentions x 6,000 entities, the
+CLIP backbone features of every entity computed once and kept, the MoE matcher recomputed on both sides for
+every tile, `model.score(m_tile, e_tile)`. Training's dev evaluation and `mel bench-paper` both use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from cluster.inputs import BatchBuilder
+
+OFFICIAL_MENTION_TILE = 20  # mentions per tile in the official evaluation
+OFFICIAL_ENTITY_TILE = 6000  # entities per tile (and per batch-normalised gate) in the official evaluation
+
+
+def match_features(model, f):
+    """SideFeatures from backbone features: the second half of `MMoEModel.encode` (MoE units on this batch).
+
+    Kept apart so that the batch-independent CLIP features are computed once per record while the
+    batch-dependent MoE runs per tile, as the official evaluation does.
+    """
+    from mmoe.model import SideFeatures
+
+    text_mask = torch.ones_like(f.text_mask) if model.reference_gate else f.text_mask  # [B,L]
+    image_mask = torch.ones(f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device)  # [B,V]
+    text = model.text_unit.encode(f.text_cls, f.text_tokens, text_mask)
+    image = model.image_unit.encode(f.image_cls, f.image_tokens, image_mask)
+    cross = model.cross_unit.encode(f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens)
+    aux = (text.aux_loss + image.aux_loss + cross.aux_loss) / 3
+    return SideFeatures(f.text_cls, f.image_cls, text, image, cross, f.has_image, aux)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def backbone_features(model, inputs: dict):
+    """CLIP features of one batch (independent of the other records: the gate comes later)."""
+    from mmoe.features import zero_missing_pixels
+
+    pixels = zero_missing_pixels(inputs["pixel_values"], inputs["image_mask"])
+    return model.features(inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_mask"])
+
+
+@torch.no_grad()
+def entity_backbone(model, builder: BatchBuilder, entity_rows: list[dict], batch_size: int):
+    """Backbone features of every entity, concatenated in entity-row order (the official KB feature cache)."""
+    device = next(model.parameters()).device
+    parts = [
+        backbone_features(model, _to(builder.entities(entity_rows[i : i + batch_size]), device))
+        for i in range(0, len(entity_rows), batch_size)
+    ]
+    if not parts:
+        raise ValueError("the KB has no entities")
+    return type(parts[0])(
+        **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
+    )
+
+
+@torch.no_grad()
+def tile_scores(
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    entities,
+    mention_tile: int = OFFICIAL_MENTION_TILE,
+    entity_tile: int = OFFICIAL_ENTITY_TILE,
+    use_dme: bool = True,
+):
+    """Yield (start, scores [b, N]) per mention tile: `model.score` on every (mention tile, entity tile) pair.
+
+    `entities` = `entity_backbone(...)`. Both sides' MoE is recomputed per tile (reference section 1).
+    """
+    from mmoe.model import select_rows
+
+    device = next(model.parameters()).device
+    n = entities.text_cls.shape[0]
+    for start in range(0, len(rows), mention_tile):
+        inputs = _to(builder.mentions(rows[start : start + mention_tile], use_dme=use_dme), device)
+        m = match_features(model, backbone_features(model, inputs))
+        chunks = []
+        for lo in range(0, n, entity_tile):
+            e = match_features(model, select_rows(entities, slice(lo, min(lo + entity_tile, n))))
+            chunks.append(model.score(m, e).scores.float().cpu())  # [b, tile]
+        yield start, torch.cat(chunks, dim=1)  # [b, N]
+
+
+def reference_exhaustive_ranks(
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    entity_rows: list[dict],
+    batch_size: int = 64,
+    mention_tile: int = OFFICIAL_MENTION_TILE,
+    entity_tile: int = OFFICIAL_ENTITY_TILE,
+    use_dme: bool = True,
+) -> torch.Tensor:
+    """Ranks [M] of each linked mention's gold among every entity, on the official tiles (works for any gate)."""
+    from mmoe.metrics import gold_ranks
+
+    position = {r["entity_id"]: i for i, r in enumerate(entity_rows)}
+    gold = torch.tensor([position[r["gold_entity_id"]] for r in rows], dtype=torch.long)  # [M]
+    if not rows:
+        return torch.zeros(0, dtype=torch.long)
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    try:
+        entities = entity_backbone(model, builder, entity_rows, batch_size)
+        ranks = [
+            gold_ranks(scores, gold[start : start + scores.shape[0]])
+            for start, scores in tile_scores(
+                model, builder, rows, entities, mention_tile, entity_tile, use_dme
+            )
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(ranks)
+
+
+def reference_exhaustive_metrics(
+    model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg
+) -> dict:
+    """Same signature as `eval_protocols.exhaustive_metrics`, for a reference-gate model (training's dev eval)."""
+    from mmoe.metrics import hits_and_mrr
+
+    ranks = reference_exhaustive_ranks(model, builder, rows, entity_rows, eval_cfg.batch_size)
+    return hits_and_mrr(ranks, eval_cfg.ks)
