@@ -1,12 +1,11 @@
 """Shared fixtures: a tiny config rooted in a temp folder, one local Ray for the session, a real S3 endpoint.
 
-Package-specific fixtures live in tests/<package>/conftest.py.
+Package-specific fixtures live in tests/<package>/conftest.py; plain helpers in tests/fixtures.py.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -16,16 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.fixtures import free_port, init_test_ray  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -41,21 +36,6 @@ def mel_config(tmp_path):
             "kb.sample_mentions=400",
         ]
     )
-
-
-def init_test_ray() -> None:
-    """The tests' local Ray (2 CPUs, small object store); a no-op when one is running."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=300 * 1024 * 1024,
-            include_dashboard=False,
-            log_to_driver=False,
-            namespace="mel-tests",
-            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-        )
 
 
 @pytest.fixture(scope="session")

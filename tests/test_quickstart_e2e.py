@@ -13,7 +13,7 @@ def test_quickstart_end_to_end(mel_config):
     import ray
 
     from cluster.quickstart import run_quickstart
-    from tests.conftest import free_port, init_test_ray
+    from tests.fixtures import free_port, init_test_ray
 
     cfg = mel_config
     cfg.serve.port = free_port()  # never collide with a server already on 8000

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from tests.conftest import free_port
+from tests.fixtures import free_port
 
 _MENTION = re.compile(r"^Mention: (.*)$", re.MULTILINE)
 

@@ -123,7 +123,7 @@ def test_bulk_calls_are_bounded_by_the_concurrency_setting():
 
 
 def test_unreachable_endpoint_falls_back():
-    from tests.conftest import free_port
+    from tests.fixtures import free_port
 
     selector = llm_selector(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
     selection = selector.select("Mercury", CONTEXT, CANDIDATES)

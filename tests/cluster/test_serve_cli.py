@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from cluster.serve.client import wait_ready
 from tests.cluster.serving.helpers import index_collection, swap_alias
-from tests.conftest import free_port
+from tests.fixtures import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,10 +97,10 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     assert rc == 0, output[-3000:]
     assert "serving at" in output and "shutting down Serve" in output
     assert "Traceback" not in output, output[-3000:]
-    for _ in range(60):  # Ray's own processes (raylet, GCS) follow the driver out
-        if not _group_alive(child.pid) and _port_is_free(port):
-            break
-        time.sleep(1.0)
+    try:  # Ray's own processes (raylet, GCS) follow the driver out
+        wait_until(lambda: not _group_alive(child.pid) and _port_is_free(port), timeout_s=60, interval_s=1.0)
+    except AssertionError:
+        pass  # the two asserts below say which one is left
     assert _port_is_free(port), "the HTTP port is still taken after mel serve exited"
     assert not _group_alive(child.pid), "processes of mel serve outlived it"
     store = MilvusStore(cfg.milvus, lite_file)  # the file lock is free and the index is whole

@@ -44,7 +44,7 @@ def small_served_app(tmp: Path, app: str, route: str, n_entities: int = 40):
     from kb_builder.shards import read_entities
     from kb_builder.storage import Storage
     from tests.cluster.serving.helpers import index_collection, swap_alias, wait_ready
-    from tests.conftest import free_port
+    from tests.fixtures import free_port
 
     alias = app.replace("-", "_")
     cfg = load_config(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.fixtures import REPO, free_port
 
 WORKER_RESOURCE = "accelerator"  # the custom resource only the worker node has
 NODE_START_WAIT_S = 240.0  # readiness wait for both nodes to register (not an assertion on speed)

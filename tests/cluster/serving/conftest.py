@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.cluster.serving.helpers import index_collection, swap_alias, wait_ready
-from tests.conftest import free_port
+from tests.fixtures import free_port
 
 
 @dataclass

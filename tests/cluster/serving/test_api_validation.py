@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from tests.cluster.serving.helpers import index_collection, swap_alias
+from tests.fixtures import wait_until
 
 
 def check_error(reply, status: int, field: str, text: str = "") -> dict:
@@ -94,7 +95,6 @@ def test_batch_errors_name_the_item(client):
 def test_internal_error_is_a_generic_500_and_the_app_survives(served_kb, client):
     """A collection whose rerank feature cache is missing makes the reranker fail: the client gets a 500
     with a request id and no internals; after the alias goes back, the same replicas answer again."""
-    import time
 
     from kb_builder.storage import Storage
 
@@ -103,19 +103,20 @@ def test_internal_error_is_a_generic_500_and_the_app_survives(served_kb, client)
     shutil.rmtree(Storage(served_kb.cfg.storage).join("features", name))
     swap_alias(served_kb.cfg, name)
     try:
-        reply = None
-        for _ in range(60):
-            reply = client.post("/link", json={"mention": "Damoza"}, headers={"x-request-id": "req-500"})
-            if reply.status_code != 200:
-                break
-            time.sleep(0.25)
+        reply = wait_until(
+            lambda: (
+                (
+                    r := client.post("/link", json={"mention": "Damoza"}, headers={"x-request-id": "req-500"})
+                ).status_code
+                != 200
+                and r
+            ),
+            what="the broken collection to be served",
+        )
         assert reply.status_code == 500
         assert reply.json() == {"error": "internal error", "field": None, "request_id": "req-500"}
     finally:
         swap_alias(served_kb.cfg, served_kb.collection)
-    for _ in range(60):
-        if client.post("/link", json={"mention": "Damoza"}).status_code == 200:
-            break
-        time.sleep(0.25)
+    wait_until(lambda: client.post("/link", json={"mention": "Damoza"}).status_code == 200, what="recovery")
     assert client.post("/link", json={"mention": "Damoza"}).status_code == 200
     assert client.get("/healthz").status_code == 200

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from tests.cluster.serving.helpers import index_collection, swap_alias
+from tests.fixtures import wait_until
 
 
 def gold_body(entity: dict, with_image: bool = True, **extra) -> dict:
@@ -145,7 +146,6 @@ def test_print_serve_config_is_a_serve_yaml(served_kb):
 
 def test_new_alias_is_picked_up_without_restart(served_kb, client):
     """A second collection without the gold entity; after the alias swap the answer no longer contains it."""
-    import time
 
     entity = served_kb.entities[10]
     rest = [e for e in served_kb.entities if e["entity_id"] != entity["entity_id"]]
@@ -154,12 +154,14 @@ def test_new_alias_is_picked_up_without_restart(served_kb, client):
     )
     swap_alias(served_kb.cfg, second)
     try:
-        body = {}
-        for _ in range(60):  # the retriever re-resolves the alias about once a second
-            body = client.post("/link", json=gold_body(entity, top_k=5)).json()
-            if body.get("collection") == second:
-                break
-            time.sleep(0.25)
+        body = wait_until(  # the retriever re-resolves the alias about once a second
+            lambda: (
+                (b := client.post("/link", json=gold_body(entity, top_k=5)).json()).get("collection")
+                == second
+                and b
+            ),
+            what="the new alias to be served",
+        )
         assert body["collection"] == second
         assert entity["entity_id"] not in {c["entity_id"] for c in body["candidates"]}
     finally:
@@ -169,7 +171,6 @@ def test_new_alias_is_picked_up_without_restart(served_kb, client):
 def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fixed(served_kb, client):
     """`mel index` tags collections with the indexing model; serving another model over them would rank
     nonsense, so readiness fails and /link answers 503 naming the fix, until the alias points at a good one."""
-    import time
 
     from workers.collections import model_tag
 
@@ -179,12 +180,13 @@ def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fix
     index_collection(served_kb.cfg, served_kb.model_dir, name, served_kb.entities[:20])
     swap_alias(served_kb.cfg, name)
     try:
-        reply = None
-        for _ in range(60):  # the retriever re-resolves the alias about once a second
-            reply = client.post("/link", json=gold_body(served_kb.entities[0], top_k=5))
-            if reply.status_code != 200:
-                break
-            time.sleep(0.25)
+        reply = wait_until(  # the retriever re-resolves the alias about once a second
+            lambda: (
+                (r := client.post("/link", json=gold_body(served_kb.entities[0], top_k=5))).status_code != 200
+                and r
+            ),
+            what="the mismatched collection to be seen",
+        )
         assert reply.status_code == 503, reply.text
         body = reply.json()
         assert name in body["error"] and "mel index" in body["error"] and body["request_id"]
@@ -192,8 +194,5 @@ def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fix
         assert ready.status_code == 503 and other in ready.json()["reason"]
     finally:
         swap_alias(served_kb.cfg, served_kb.collection)
-    for _ in range(60):
-        if client.get("/readyz").status_code == 200:
-            break
-        time.sleep(0.25)
+    wait_until(lambda: client.get("/readyz").status_code == 200, what="readiness after the alias fix")
     assert client.post("/link", json=gold_body(served_kb.entities[0], top_k=5)).status_code == 200
