@@ -6,6 +6,7 @@ Heavy imports (torch, Ray, Milvus) happen inside the subcommands so that `mel --
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -136,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="overlay YAML, e.g. configs/wikimel.yaml",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own log lines (they always go to Ray's log files)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     kb = sub.add_parser("kb", help="build, describe and check the knowledge base")
@@ -201,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config:
         args.config = str(Path(args.config))
+    if args.verbose:
+        os.environ["MEL_VERBOSE"] = "1"  # cluster.runtime: Ray's own log lines reach the console too
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -39,11 +39,11 @@ class TrainConfig:
         default_factory=dict
     )  # custom Ray resources, e.g. {accelerator: 1}
     epochs: int = 4
-    lr: float = 5e-6  # WikiMEL 5e-6; RichpediaMEL and WikiDiverse 1e-5
+    lr: float = 5e-4  # the tiny random model; the paper fine-tunes CLIP at 5e-6 (WikiMEL) or 1e-5 (configs/)
     weight_decay: float = 1e-4
     adam_eps: float = 1e-4
     batch_size: int = 32
-    grad_clip_norm: float | None = None  # None = no clipping, as the official code
+    grad_clip_norm: float | None = 1.0  # None = no clipping, as the official code
     lr_schedule: str = "constant"  # constant | cosine | linear
     warmup_steps: int = 0
     seed: int = 43

@@ -39,7 +39,9 @@ class MMoEConfig:
     )
     aux_loss_weight: float = 0.0  # Switch load-balancing loss weight; 0 as in the paper
     capacity_factor: float | None = None  # None: no token dropping, keeps scores batch-independent
-    text_max_tokens: int = 50  # must equal the vision token count (ViT-B/32 at 224: 49 patches + CLS)
+    text_max_tokens: int = (
+        17  # must equal the vision token count: 17 for the tiny CLIP, 50 for ViT-B/32 at 224
+    )
     loss_weights: list[float] = field(
         default_factory=lambda: [1.0, 1.0, 1.0, 1.0]
     )  # total, text, image, cross

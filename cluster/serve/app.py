@@ -316,14 +316,16 @@ def _local_lite_server(cfg: MELConfig) -> MELConfig:
 
 def start_serve(cfg: MELConfig) -> str:
     """Deploy on the running (or a new) Ray and return the base URL; does not block."""
-    from cluster.runtime import init_ray
+    from ray.serve.schema import LoggingConfig
+
+    from cluster.runtime import init_ray, verbose
 
     init_ray(cfg.ray)
     cfg = _local_lite_server(cfg)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    from ray.serve.schema import LoggingConfig
-
-    logging_config = LoggingConfig(enable_access_log=cfg.serve.access_log)
+    logging_config = LoggingConfig(  # Serve's own lines go to its log files unless `mel --verbose`
+        enable_access_log=cfg.serve.access_log, log_level="INFO" if verbose() else "ERROR"
+    )
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config)
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=logging_config)
     host, port = _proxy_address(cfg.serve.host, cfg.serve.port)
     _wait_for_port(host, port)

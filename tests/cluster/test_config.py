@@ -69,3 +69,14 @@ def test_partial_file_keeps_defaults(tmp_path):
     small.write_text("train:\n  epochs: 9\n")
     cfg = load_config(small)
     assert cfg.train.epochs == 9 and cfg.train.batch_size == 32 and cfg.serve.port == 8000
+
+
+def test_dataclass_defaults_equal_the_default_file_and_build_a_model():
+    """`MELConfig()` is the same config as ray_config.yaml, so library callers and `mel` agree, and it is
+    valid: the tiny model it names builds (text length = vision token count)."""
+    from mmoe.pretrained import build_tiny_model
+
+    defaults = MELConfig()
+    assert defaults == load_config()
+    model, processor = build_tiny_model(defaults.encoder.tiny, defaults.mmoe, ["alpha bravo"], seed=0)
+    assert processor.text_max_tokens == defaults.mmoe.text_max_tokens

@@ -7,7 +7,6 @@ encoder actor and every Ray Train worker ran.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -15,34 +14,6 @@ import pytest
 from tests.scale.conftest import WORKER_RESOURCE, run_mel
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def _has_field(section_cls, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(section_cls)}
-
-
-def _encoder_resources_missing() -> bool:
-    from workers.config import EncoderConfig
-
-    return not _has_field(EncoderConfig, "resources_per_actor")
-
-
-def _train_resources_missing() -> bool:
-    from cluster.config import TrainConfig
-
-    return not _has_field(TrainConfig, "resources_per_worker")
-
-
-NEEDS_ENCODER_FIELD = (
-    "config gap: encoder actors cannot request a custom Ray resource. Needed: "
-    "`encoder.resources_per_actor: dict[str, float] = {}` (workers/config.py EncoderConfig), passed as "
-    "`resources=` to ray.remote(...) for EncoderWorker in workers/ray_pool.py EncodingPool.__init__"
-)
-NEEDS_TRAIN_FIELD = (
-    "config gap: Ray Train workers cannot request a custom Ray resource. Needed: "
-    "`train.resources_per_worker: dict[str, float] = {}` (cluster/config.py TrainConfig), merged into "
-    "`resources_per_worker` of ScalingConfig in cluster/train.py build_trainer"
-)
 
 
 def _actor_ids(cluster, class_name: str) -> dict[str, str]:
@@ -103,14 +74,12 @@ def test_index_encoder_actors_follow_num_gpus_per_actor(ray_cluster, mel_args):
     _index_on_worker_node(ray_cluster, mel_args, "ents_gpu", ["--set", "encoder.num_gpus_per_actor=1"])
 
 
-@pytest.mark.xfail(condition=_encoder_resources_missing(), reason=NEEDS_ENCODER_FIELD, run=False)
 def test_index_encoder_actors_follow_custom_resource(ray_cluster, mel_args):
     _index_on_worker_node(
         ray_cluster, mel_args, "ents_res", ["--set", f"encoder.resources_per_actor={{{WORKER_RESOURCE}: 1}}"]
     )
 
 
-@pytest.mark.xfail(condition=_train_resources_missing(), reason=NEEDS_TRAIN_FIELD, run=False)
 def test_train_runs_ray_train_workers_on_worker_node(ray_cluster, mel_args):
     args, tmp, _ = mel_args
     before = _actor_ids(ray_cluster, "RayTrainWorker")
