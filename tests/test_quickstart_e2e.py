@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+# What Ray's own log lines look like on a console: a worker prefix, a logger record, a C++ record, a warning.
+RAY_LOG_LINE = re.compile(
+    r"^\((\w+) pid=\d+|\b(INFO|WARNING|WARN)\b \S+\.py:\d+ --|\.cc:\d+:|RayDeprecationWarning|raylet"
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_quickstart_end_to_end(mel_config):
+def test_quickstart_end_to_end(mel_config, capfd):
     """Runs like a user's first run: on a fresh local Ray that the quickstart starts and stops itself (earlier
     tests kill Serve actors in the shared test Ray); the shared Ray is started again afterwards."""
     import ray
@@ -43,3 +50,9 @@ def test_quickstart_end_to_end(mel_config):
     assert len(unambiguous) == 4
     assert sum(a["correct"] for a in unambiguous) >= 3
     assert sum(a["correct"] for a in result.answers) >= 6
+
+    # a quiet console: our progress lines and summaries, no Ray log line (those stay in Ray's log files)
+    out, err = capfd.readouterr()
+    assert "[train] epoch" in out and "index (full)" in out
+    ray_lines = [line for line in (out + err).splitlines() if RAY_LOG_LINE.search(line)]
+    assert not ray_lines, "\n".join(ray_lines[:20])
