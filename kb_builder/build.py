@@ -31,6 +31,29 @@ from kb_builder.validate import RejectsWriter, Validator
 SPECIAL_FORMATS = ("mimic", "melbench")
 
 
+class MassDeleteError(ValueError):
+    """A build would delete more than kb.max_delete_fraction of the live KB; nothing was published (`mel`
+    prints it as a clean error, exit 2)."""
+
+
+def check_deletions(
+    kb: KBConfig, previous: dict | None, diff: dict[str, int], rejects: dict[str, int]
+) -> None:
+    """Stop before publishing when the diff deletes too much of the live KB: one bad input (a ragged file, a
+    wrong glob) must not empty the KB and, through `mel index --mode incremental`, the vector store."""
+    live_rows = (previous or {}).get("entities", {}).get("rows", 0)
+    deleted = diff.get("deleted", 0)
+    if not live_rows or deleted / live_rows <= kb.max_delete_fraction:
+        return
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejects.items())) or "none"
+    raise MassDeleteError(
+        f"KB {kb.name!r}: this build would delete {deleted:,} of {live_rows:,} live entities "
+        f"({deleted / live_rows:.0%} > kb.max_delete_fraction {kb.max_delete_fraction:.0%}); nothing was "
+        f"published, the live KB is unchanged. Rejected rows by reason: {reasons}. If the deletions are meant, "
+        "rerun with `mel kb build --allow-mass-delete`."
+    )
+
+
 @dataclass
 class BuildReport:
     """What a build did; `summary()` is the line a person reads."""
@@ -179,8 +202,13 @@ def _inputs(kb: KBConfig, storage: Storage) -> tuple[str, dict[str, list[str]]]:
     return fmt, {kind: expand_inputs(files, storage, fmt) if files else [] for kind, files in specs.items()}
 
 
-def build_kb(kb: KBConfig, storage: StorageConfig, progress: bool = True) -> BuildReport:
-    """Build `<root>/kb/<kb.name>/` from `kb`'s inputs (or the synthetic sample KB with `kb.sample`)."""
+def build_kb(
+    kb: KBConfig, storage: StorageConfig, progress: bool = True, allow_mass_delete: bool = False
+) -> BuildReport:
+    """Build `<root>/kb/<kb.name>/` from `kb`'s inputs (or the synthetic sample KB with `kb.sample`).
+
+    Raises MassDeleteError (publishing nothing) when the build would delete more than
+    `kb.max_delete_fraction` of the live entities, unless `allow_mass_delete`."""
     started = dt.datetime.now(dt.UTC)
     store = Storage(storage)
     fmt, inputs = _inputs(kb, store)
@@ -190,6 +218,8 @@ def build_kb(kb: KBConfig, storage: StorageConfig, progress: bool = True) -> Bui
     try:
         tables = _write_tables(kb, fmt, inputs, store, staging, progress)
         version, diff = _version_and_diff(store, kb.name, previous, staging, tables)
+        if not allow_mass_delete:
+            check_deletions(kb, previous, diff, dict(tables.rejects.by_reason))
         extra_files = ["rejects.jsonl", "diff.json"]
         if previous is not None:  # kept beside the new manifest: what the diff was computed against
             (staging / "manifest.prev.json").write_text(json.dumps(previous, indent=2, ensure_ascii=False))
