@@ -20,7 +20,8 @@ def _kb_build(args):
     cfg = _config(args)
     from kb_builder.build import build_kb
 
-    build_kb(cfg.kb, cfg.storage, allow_mass_delete=args.allow_mass_delete)  # prints its own summary
+    roots = cfg.encoder.allowed_image_roots  # local images: the rule indexing applies; prints its summary
+    build_kb(cfg.kb, cfg.storage, allow_mass_delete=args.allow_mass_delete, image_roots=roots)
 
 
 def _kb_stats(args):

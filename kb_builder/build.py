@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kb_builder.canonical import entities_from, mentions_from
+from kb_builder.canonical import IMAGE_ERROR, entities_from, mentions_from
 from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.diff import compute_diff, kb_version, previous_entity_files, write_diff
+from kb_builder.image_paths import allowed_roots, kb_image_roots, refuse_outside_roots
 from kb_builder.progress import Progress
 from kb_builder.readers import Batch, dataset_format, expand_inputs, read_batches
 from kb_builder.sample_src import ensure_sample_sources
@@ -113,6 +114,7 @@ def _ingest(
     writer: ShardWriter,
     rejects: RejectsWriter,
     progress: bool,
+    image_roots: list[Path],
 ) -> tuple[Counter, list[str]]:
     """Stream every batch of `files` into `writer`; returns (split counts, files read)."""
     validate, to_canonical = Validator(kb, kind), (entities_from if kind == "entities" else mentions_from)
@@ -120,7 +122,8 @@ def _ingest(
     for index, batch in _batches(fmt, kind, storage, files):
         sources[batch.source] = True
         rejects.write(batch.rejects)
-        good, bad = validate(to_canonical(batch, kb.column_map))
+        canonical = refuse_outside_roots(to_canonical(batch, kb.column_map), image_roots, IMAGE_ERROR)
+        good, bad = validate(canonical)
         rejects.write(bad)
         if kind == "entities":
             good = good.with_columns(content_hash_expr().alias("content_hash"))
@@ -135,14 +138,20 @@ def _ingest(
 
 
 def _write_tables(
-    kb: KBConfig, fmt: str, inputs: dict[str, list[str]], storage: Storage, staging: Path, progress: bool
+    kb: KBConfig,
+    fmt: str,
+    inputs: dict[str, list[str]],
+    storage: Storage,
+    staging: Path,
+    progress: bool,
+    image_roots: list[Path],
 ) -> _Tables:
     rejects = RejectsWriter(staging / "rejects.jsonl")
     tables = _Tables({}, {}, Counter(), {}, rejects)
     for kind in KINDS:
         writer = ShardWriter(staging, kind, kb.rows_per_shard)
         splits, tables.sources[kind] = _ingest(
-            kb, fmt, kind, storage, inputs[kind], writer, rejects, progress
+            kb, fmt, kind, storage, inputs[kind], writer, rejects, progress, image_roots
         )
         tables.splits += splits
         tables.shards[kind], tables.rows[kind] = writer.close(), writer.rows
@@ -203,9 +212,16 @@ def _inputs(kb: KBConfig, storage: Storage) -> tuple[str, dict[str, list[str]]]:
 
 
 def build_kb(
-    kb: KBConfig, storage: StorageConfig, progress: bool = True, allow_mass_delete: bool = False
+    kb: KBConfig,
+    storage: StorageConfig,
+    progress: bool = True,
+    allow_mass_delete: bool = False,
+    image_roots: list[str] = (),
 ) -> BuildReport:
     """Build `<root>/kb/<kb.name>/` from `kb`'s inputs (or the synthetic sample KB with `kb.sample`).
+
+    Local images must lie under the KB's input folders, the storage root or `image_roots` (pass
+    `encoder.allowed_image_roots`): the rule indexing applies (kb_builder.image_paths); others are rejects.
 
     Raises MassDeleteError (publishing nothing) when the build would delete more than
     `kb.max_delete_fraction` of the live entities, unless `allow_mass_delete`."""
@@ -216,7 +232,8 @@ def build_kb(
     store.cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"kb-{kb.name}-", dir=store.cache_dir))
     try:
-        tables = _write_tables(kb, fmt, inputs, store, staging, progress)
+        roots = allowed_roots(storage, [*kb_image_roots(kb), *image_roots])
+        tables = _write_tables(kb, fmt, inputs, store, staging, progress, roots)
         version, diff = _version_and_diff(store, kb.name, previous, staging, tables)
         if not allow_mass_delete:
             check_deletions(kb, previous, diff, dict(tables.rejects.by_reason))
