@@ -9,6 +9,7 @@ the whole story; the image loader refuses them again at index and serve time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -40,26 +41,36 @@ def allowed_roots(storage_cfg: StorageConfig, roots: list[str]) -> list[Path]:
     return sorted({Path(r).expanduser().resolve() for r in roots if r and not is_s3(r)})
 
 
-def check_local_image(uri: str, roots: list[Path]) -> Path:
+def check_local_image(uri: str, roots: list[Path], parents: dict[str, str] | None = None) -> Path:
     """The resolved path if it lies under one of `roots` (symlinks and `..` resolved first), else raise
-    PermissionError. `roots` come from `allowed_roots`."""
+    PermissionError. `roots` come from `allowed_roots`. `parents` caches resolved folders across calls (a KB's
+    images share a few folders: one `lstat` per image instead of one per path component)."""
+    return Path(_resolved_under(uri, [str(r) for r in roots], {} if parents is None else parents))
+
+
+def _resolved_under(uri: str, roots: list[str], parents: dict[str, str]) -> str:
     raw = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
-    if ".." in Path(raw).parts:
+    if ".." in raw.split(os.sep):
         raise PermissionError("'..' in image path is not allowed")
-    path = Path(raw).expanduser().resolve()
-    if not any(path.is_relative_to(root) for root in roots):
+    folder, name = os.path.split(os.path.abspath(os.path.expanduser(raw)))
+    if folder not in parents:
+        parents[folder] = os.path.realpath(folder)
+    path = os.path.join(parents[folder], name) if name else parents[folder]
+    if os.path.islink(path):  # the file itself may point out of the folder
+        path = os.path.realpath(path)
+    if not any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
         raise PermissionError(OUTSIDE_ROOTS)
     return path
 
 
 def _verdicts(uris: list[str], roots: list[Path]) -> dict[str, str]:
     """{uri: reason} for the local uris that break the rule; each distinct path is resolved once."""
-    bad = {}
+    bad, parents, root_texts = {}, {}, [str(r) for r in roots]
     for uri in uris:
         if uri.startswith(REMOTE_PREFIXES):
             continue
         try:
-            check_local_image(uri, roots)
+            _resolved_under(uri, root_texts, parents)
         except (PermissionError, OSError, ValueError) as err:  # a path too long to resolve is refused too
             bad[uri] = f"{err}: {uri}"
     return bad

@@ -17,21 +17,8 @@ import polars as pl
 
 from kb_builder.readers.base import DEFAULT_BATCH_ROWS, LOCATION, Batch, reject
 
-BOM = b"\xef\xbb\xbf"
 MAX_REJECT_ROW_CHARS = 1000
 MAX_FIELD_CHARS = 1 << 24  # csv's own default (131,072) would reject long descriptions before validation
-
-
-class _Lines:
-    """Decoded lines of a binary file, counting the bytes read (for the progress fraction)."""
-
-    def __init__(self, f):
-        self.f, self.bytes_read = f, 0
-
-    def __iter__(self):
-        for n, raw in enumerate(self.f):
-            self.bytes_read += len(raw)
-            yield (raw[len(BOM) :] if n == 0 and raw.startswith(BOM) else raw).decode("utf-8", "replace")
 
 
 def _header(names: list[str]) -> list[str]:
@@ -46,10 +33,12 @@ def _header(names: list[str]) -> list[str]:
 
 
 def _frame(columns: list[str], values: list[list[str]], locations: list[str]) -> pl.DataFrame:
+    cells = list(zip(*values)) if values else [()] * len(columns)
+    data = {name: cells[i] for i, name in enumerate(columns) if name != LOCATION}
+    frame = pl.DataFrame(data, schema={name: pl.String for name in data})
     # an empty cell is null, as polars reads it, so content hashes of existing CSV KBs do not change
-    data = {name: [row[i] or None for row in values] for i, name in enumerate(columns) if name != LOCATION}
-    data[LOCATION] = locations
-    return pl.DataFrame(data, schema={name: pl.String for name in data})
+    frame = frame.with_columns(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in frame.columns)
+    return frame.with_columns(pl.Series(LOCATION, locations, dtype=pl.String))
 
 
 def read_csv(path: Path, source: str, base_dir: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Batch]:
@@ -57,9 +46,9 @@ def read_csv(path: Path, source: str, base_dir: str, batch_rows: int = DEFAULT_B
     csv.field_size_limit(MAX_FIELD_CHARS)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     size_bytes = max(path.stat().st_size, 1)
-    with open(path, "rb") as f:
-        lines = _Lines(f)
-        records = csv.reader(iter(lines), delimiter=delimiter)
+    # utf-8-sig drops a BOM; `replace` turns bad bytes into U+FFFD, which validation rejects naming the row
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        records = csv.reader(f, delimiter=delimiter)
         columns: list[str] | None = None
         values, locations, rejects, row, yielded = [], [], [], 0, False
         while True:
@@ -90,7 +79,7 @@ def read_csv(path: Path, source: str, base_dir: str, batch_rows: int = DEFAULT_B
                 values.append(fields)
                 locations.append(location)
             if len(values) + len(rejects) >= batch_rows:
-                fraction = min(1.0, lines.bytes_read / size_bytes)
+                fraction = min(1.0, f.buffer.tell() / size_bytes)  # read-ahead included: close enough
                 yield Batch(_frame(columns, values, locations), source, base_dir, fraction, rejects)
                 values, locations, rejects, yielded = [], [], [], True
         if values or rejects or not yielded:
