@@ -17,8 +17,22 @@ import polars as pl
 
 from kb_builder.readers.base import DEFAULT_BATCH_ROWS, LOCATION, Batch, reject
 
+BOM = b"\xef\xbb\xbf"
 MAX_REJECT_ROW_CHARS = 1000
 MAX_FIELD_CHARS = 1 << 24  # csv's own default (131,072) would reject long descriptions before validation
+
+
+class _Lines:
+    """Lines of a binary file, decoded lossily, split at \\n only (a bare \\r inside an unquoted field is then
+    one bad row, not a row break), counting the bytes read for the progress fraction."""
+
+    def __init__(self, f):
+        self.f, self.bytes_read = f, 0
+
+    def __iter__(self):
+        for n, raw in enumerate(self.f):
+            self.bytes_read += len(raw)
+            yield (raw[len(BOM) :] if n == 0 and raw.startswith(BOM) else raw).decode("utf-8", "replace")
 
 
 def _header(names: list[str]) -> list[str]:
@@ -46,9 +60,9 @@ def read_csv(path: Path, source: str, base_dir: str, batch_rows: int = DEFAULT_B
     csv.field_size_limit(MAX_FIELD_CHARS)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     size_bytes = max(path.stat().st_size, 1)
-    # utf-8-sig drops a BOM; `replace` turns bad bytes into U+FFFD, which validation rejects naming the row
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        records = csv.reader(f, delimiter=delimiter)
+    with open(path, "rb") as f:
+        lines = _Lines(f)
+        records = csv.reader(iter(lines), delimiter=delimiter)
         columns: list[str] | None = None
         values, locations, rejects, row, yielded = [], [], [], 0, False
         while True:
@@ -79,7 +93,7 @@ def read_csv(path: Path, source: str, base_dir: str, batch_rows: int = DEFAULT_B
                 values.append(fields)
                 locations.append(location)
             if len(values) + len(rejects) >= batch_rows:
-                fraction = min(1.0, f.buffer.tell() / size_bytes)  # read-ahead included: close enough
+                fraction = min(1.0, lines.bytes_read / size_bytes)
                 yield Batch(_frame(columns, values, locations), source, base_dir, fraction, rejects)
                 values, locations, rejects, yielded = [], [], [], True
         if values or rejects or not yielded:
