@@ -24,7 +24,7 @@ def ensure_kb(cfg, storage) -> None:
     if not storage.exists(kb_manifest(storage, cfg.kb.name)):
         from kb_builder.build import build_kb
 
-        build_kb(cfg.kb, cfg.storage)  # prints its own summary
+        build_kb(cfg.kb, cfg.storage, image_roots=cfg.encoder.allowed_image_roots)  # prints a summary
 
 
 def run_dir(storage, run_name: str) -> str:

@@ -21,7 +21,8 @@ def _kb_build(args):
     cfg = _config(args)
     from kb_builder.build import build_kb
 
-    build_kb(cfg.kb, cfg.storage)  # prints progress and its summary itself
+    roots = cfg.encoder.allowed_image_roots  # local images: the rule indexing applies; prints its summary
+    build_kb(cfg.kb, cfg.storage, allow_mass_delete=args.allow_mass_delete, image_roots=roots)
 
 
 def _kb_stats(args):
@@ -146,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     kb = sub.add_parser("kb", help="build, describe and check the knowledge base")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
-    kb_sub.add_parser(
-        "build", help="ingest KB and mention files into sharded Parquet + manifest"
-    ).set_defaults(func=_kb_build)
+    build = kb_sub.add_parser("build", help="ingest KB and mention files into sharded Parquet + manifest")
+    build.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="publish even if over kb.max_delete_fraction is deleted",
+    )
+    build.set_defaults(func=_kb_build)
     kb_sub.add_parser("stats", help="counts, field coverage, images per entity, name ambiguity").set_defaults(
         func=_kb_stats
     )

@@ -134,7 +134,7 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     init_ray(cfg.ray)
     try:
         with _Timer(result, "kb build"):
-            report = build_kb(cfg.kb, cfg.storage)  # prints its own summary
+            report = build_kb(cfg.kb, cfg.storage, image_roots=cfg.encoder.allowed_image_roots)
             result.entities, result.mentions = report.entities, report.mentions
         with _Timer(result, "eval (untrained)"):
             init_uri = init_model(Storage(cfg.storage))  # built on first need

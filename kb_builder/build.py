@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kb_builder.canonical import entities_from, mentions_from
+from kb_builder.canonical import IMAGE_ERROR, entities_from, mentions_from
 from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.diff import compute_diff, kb_version, previous_entity_files, write_diff
+from kb_builder.image_paths import allowed_roots, kb_image_roots, refuse_outside_roots
 from kb_builder.progress import Progress
 from kb_builder.readers import Batch, dataset_format, expand_inputs, read_batches
 from kb_builder.sample_src import ensure_sample_sources
@@ -29,6 +30,29 @@ from kb_builder.storage import Storage
 from kb_builder.validate import RejectsWriter, Validator
 
 SPECIAL_FORMATS = ("mimic", "melbench")
+
+
+class MassDeleteError(ValueError):
+    """A build would delete more than kb.max_delete_fraction of the live KB; nothing was published (`mel`
+    prints it as a clean error, exit 2)."""
+
+
+def check_deletions(
+    kb: KBConfig, previous: dict | None, diff: dict[str, int], rejects: dict[str, int]
+) -> None:
+    """Stop before publishing when the diff deletes too much of the live KB: one bad input (a ragged file, a
+    wrong glob) must not empty the KB and, through `mel index --mode incremental`, the vector store."""
+    live_rows = (previous or {}).get("entities", {}).get("rows", 0)
+    deleted = diff.get("deleted", 0)
+    if not live_rows or deleted / live_rows <= kb.max_delete_fraction:
+        return
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejects.items())) or "none"
+    raise MassDeleteError(
+        f"KB {kb.name!r}: this build would delete {deleted:,} of {live_rows:,} live entities "
+        f"({deleted / live_rows:.0%} > kb.max_delete_fraction {kb.max_delete_fraction:.0%}); nothing was "
+        f"published, the live KB is unchanged. Rejected rows by reason: {reasons}. If the deletions are meant, "
+        "rerun with `mel kb build --allow-mass-delete`."
+    )
 
 
 @dataclass
@@ -90,6 +114,7 @@ def _ingest(
     writer: ShardWriter,
     rejects: RejectsWriter,
     progress: bool,
+    image_roots: list[Path],
 ) -> tuple[Counter, list[str]]:
     """Stream every batch of `files` into `writer`; returns (split counts, files read)."""
     validate, to_canonical = Validator(kb, kind), (entities_from if kind == "entities" else mentions_from)
@@ -97,7 +122,8 @@ def _ingest(
     for index, batch in _batches(fmt, kind, storage, files):
         sources[batch.source] = True
         rejects.write(batch.rejects)
-        good, bad = validate(to_canonical(batch, kb.column_map))
+        canonical = refuse_outside_roots(to_canonical(batch, kb.column_map), image_roots, IMAGE_ERROR)
+        good, bad = validate(canonical)
         rejects.write(bad)
         if kind == "entities":
             good = good.with_columns(content_hash_expr().alias("content_hash"))
@@ -112,14 +138,20 @@ def _ingest(
 
 
 def _write_tables(
-    kb: KBConfig, fmt: str, inputs: dict[str, list[str]], storage: Storage, staging: Path, progress: bool
+    kb: KBConfig,
+    fmt: str,
+    inputs: dict[str, list[str]],
+    storage: Storage,
+    staging: Path,
+    progress: bool,
+    image_roots: list[Path],
 ) -> _Tables:
     rejects = RejectsWriter(staging / "rejects.jsonl")
     tables = _Tables({}, {}, Counter(), {}, rejects)
     for kind in KINDS:
         writer = ShardWriter(staging, kind, kb.rows_per_shard)
         splits, tables.sources[kind] = _ingest(
-            kb, fmt, kind, storage, inputs[kind], writer, rejects, progress
+            kb, fmt, kind, storage, inputs[kind], writer, rejects, progress, image_roots
         )
         tables.splits += splits
         tables.shards[kind], tables.rows[kind] = writer.close(), writer.rows
@@ -179,8 +211,20 @@ def _inputs(kb: KBConfig, storage: Storage) -> tuple[str, dict[str, list[str]]]:
     return fmt, {kind: expand_inputs(files, storage, fmt) if files else [] for kind, files in specs.items()}
 
 
-def build_kb(kb: KBConfig, storage: StorageConfig, progress: bool = True) -> BuildReport:
-    """Build `<root>/kb/<kb.name>/` from `kb`'s inputs (or the synthetic sample KB with `kb.sample`)."""
+def build_kb(
+    kb: KBConfig,
+    storage: StorageConfig,
+    progress: bool = True,
+    allow_mass_delete: bool = False,
+    image_roots: list[str] = (),
+) -> BuildReport:
+    """Build `<root>/kb/<kb.name>/` from `kb`'s inputs (or the synthetic sample KB with `kb.sample`).
+
+    Local images must lie under the KB's input folders, the storage root or `image_roots` (pass
+    `encoder.allowed_image_roots`): the rule indexing applies (kb_builder.image_paths); others are rejects.
+
+    Raises MassDeleteError (publishing nothing) when the build would delete more than
+    `kb.max_delete_fraction` of the live entities, unless `allow_mass_delete`."""
     started = dt.datetime.now(dt.UTC)
     store = Storage(storage)
     fmt, inputs = _inputs(kb, store)
@@ -188,8 +232,11 @@ def build_kb(kb: KBConfig, storage: StorageConfig, progress: bool = True) -> Bui
     store.cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"kb-{kb.name}-", dir=store.cache_dir))
     try:
-        tables = _write_tables(kb, fmt, inputs, store, staging, progress)
+        roots = allowed_roots(storage, [*kb_image_roots(kb), *image_roots])
+        tables = _write_tables(kb, fmt, inputs, store, staging, progress, roots)
         version, diff = _version_and_diff(store, kb.name, previous, staging, tables)
+        if not allow_mass_delete:
+            check_deletions(kb, previous, diff, dict(tables.rejects.by_reason))
         extra_files = ["rejects.jsonl", "diff.json"]
         if previous is not None:  # kept beside the new manifest: what the diff was computed against
             (staging / "manifest.prev.json").write_text(json.dumps(previous, indent=2, ensure_ascii=False))

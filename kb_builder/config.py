@@ -34,3 +34,4 @@ class KBConfig:
     rows_per_shard: int = 100_000
     max_field_chars: int = 20_000
     max_name_chars: int = 512
+    max_delete_fraction: float = 0.2  # a build deleting more of the live KB stops unless --allow-mass-delete

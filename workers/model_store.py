@@ -109,7 +109,11 @@ def resolve_model_dir(
     final = Path(init_uri)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=final.parent))
-    build_init(storage, kb_cfg, encoder_cfg, mmoe_cfg, tmp)
+    try:
+        build_init(storage, kb_cfg, encoder_cfg, mmoe_cfg, tmp)
+    except BaseException:  # a refused conversion (pickle weights, bad folder) leaves no half-built folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if (final / CONFIG_FILE).exists():  # another process finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
     else:

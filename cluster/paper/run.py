@@ -278,7 +278,7 @@ def run_bench_paper(
 
     pcfg = benchmark_config(cfg, preset, overrides, config_path, train_fraction, overlays)
     init_ray(pcfg.ray)
-    build = build_kb(pcfg.kb, pcfg.storage)
+    build = build_kb(pcfg.kb, pcfg.storage, image_roots=pcfg.encoder.allowed_image_roots)
     check = leakage_check(pcfg, strict)
     runs = [
         bench_gate(gate, gcfg, split, device, mention_tile, entity_tile)

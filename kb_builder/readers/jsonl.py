@@ -2,7 +2,8 @@
 
 Fast path: polars parses a chunk of lines at once. If that chunk fails (a bad line, bad UTF-8, mixed types),
 the chunk is re-read line by line with `json.loads`, so only the bad lines are rejected.
-A `.json` file holding one JSON array of objects is read too (small files: benchmark folders).
+A `.json` file holding one JSON array of objects is read too (small files: benchmark folders). A UTF-8 BOM at
+the start of a file is dropped. A raw control character (NUL...) inside a string is malformed JSON: a reject.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 from kb_builder.readers.base import DEFAULT_BATCH_ROWS, LOCATION, Batch, reject
 
 MAX_REJECT_ROW_CHARS = 1000
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark some editors put at the start of a file: not part of the data
 
 
 def read_jsonl(
@@ -25,7 +27,7 @@ def read_jsonl(
     """Batches of up to `batch_rows` rows of the local file `path` (`source` names it in locations)."""
     size_bytes = max(path.stat().st_size, 1)
     with open(path, "rb") as f:
-        head = f.read(64).lstrip()
+        head = f.read(64).removeprefix(BOM).lstrip()
     # A JSON array file (.json); a .jsonl/.ndjson file is one object per line even if a line is an array.
     if head.startswith(b"[") and path.suffix.lower() not in (".jsonl", ".ndjson"):
         yield from _read_json_array(path, source, base_dir, batch_rows)
@@ -34,6 +36,8 @@ def read_jsonl(
         lines, numbers, line_no = [], [], 0
         for raw in f:
             line_no += 1
+            if line_no == 1:
+                raw = raw.removeprefix(BOM)
             if raw.strip():
                 lines.append(raw)
                 numbers.append(line_no)
@@ -122,7 +126,7 @@ def _as_text(value) -> str | None:
 
 def _read_json_array(path: Path, source: str, base_dir: str, batch_rows: int) -> Iterator[Batch]:
     try:
-        items = json.loads(path.read_bytes().decode("utf-8"))
+        items = json.loads(path.read_bytes().removeprefix(BOM).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         yield Batch(
             rows_frame([]),

@@ -79,7 +79,8 @@ def test_diff_after_add_change_delete(tmp_path, local_storage):
     write_jsonl(path, [entity(i) for i in range(4)])
     build_kb(kb_config([path]), local_storage, progress=False)
     write_jsonl(path, [entity(0), entity(1, description="new text"), entity(3), entity(7)])
-    report = build_kb(kb_config([path]), local_storage, progress=False)
+    # 1 of 4 deleted is 25%, over the default kb.max_delete_fraction of 20%
+    report = build_kb(kb_config([path], max_delete_fraction=0.5), local_storage, progress=False)
     assert report.diff == {"added": 1, "changed": 1, "deleted": 1}
     diff = read_diff(Storage(local_storage), "t")
     assert (diff["added"], diff["changed"], diff["deleted"]) == (["Q7"], ["Q1"], ["Q2"])
@@ -103,7 +104,7 @@ def test_s3_inputs_and_outputs(s3_storage, tmp_path):
     # rebuild from a changed S3 input: the diff is computed against the shards on S3, stale shards go
     write_jsonl(tmp_path / "e.jsonl", [entity(0, name="Renamed")])
     store.upload_dir(tmp_path, store.join("inputs"))
-    again = build_kb(kb, s3_storage, progress=False)
+    again = build_kb(kb, s3_storage, progress=False, allow_mass_delete=True)  # 2 of 3 deleted
     assert again.diff == {"added": 0, "changed": 1, "deleted": 2}
     assert read_diff(store, "t")["deleted"] == ["Q1", "Q2"]
     second_build = read_manifest(store, "t")["build_dir"]
