@@ -137,29 +137,47 @@ class Trainer:
         if not (with_checkpoint and self.rank == 0):
             ray.train.report(metrics, checkpoint=None)
             return
+        from kb_builder.progress import Progress
+
+        meter = Progress("[train] checkpoint", 1, "checkpoints", every_s=5.0)
         tmp = save_checkpoint(self.model, self.processor, self.optimizer, self.scheduler, self.state)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp.name))
         finally:
             tmp.cleanup()
+        meter.update(1)
+        meter.done(f"step {self.state.step}")
 
     def evaluate_dev(self, epoch: int) -> float:
-        """Exhaustive dev metrics on rank 0, its MRR shared with every worker (early stopping decides alike)."""
-        from cluster.evaluate.protocols import exhaustive_metrics
+        """Dev metrics by `train.dev_protocol`, shared by every worker (each scores a slice, all get the MRR)."""
+        from cluster.evaluate.dev import dev_metrics
 
-        mrr = torch.tensor([-1.0])
-        if self.rank == 0 and self.config["dev_rows"]:
-            metrics = exhaustive_metrics(
-                self.model, self.builder, self.config["dev_rows"], self.config["entity_rows"], self.cfg.eval
+        if not self.config["dev_rows"]:
+            return -1.0
+        start = time.monotonic()
+        protocol = self.cfg.train.dev_protocol
+        metrics = dev_metrics(
+            self.model,
+            self.builder,
+            self.config["dev_rows"],
+            self.config["entity_rows"],
+            self.cfg.eval,
+            protocol,
+            self.rank,
+            self.world,
+        )
+        if self.rank == 0:
+            self.state.dev.append(
+                {"epoch": epoch + 1, "step": self.state.step, "protocol": protocol, **metrics}
             )
-            self.state.dev.append({"epoch": epoch + 1, "step": self.state.step, **metrics})
-            mrr[0] = metrics["mrr"]
+            recall = "".join(f" {k} {v:.3f}" for k, v in metrics.items() if k.startswith("recall@"))
             print(
-                f"[train] dev epoch {epoch + 1}: hits@1 {metrics.get('hits@1', 0):.3f} mrr {metrics['mrr']:.3f}"
+                f"[train] dev epoch {epoch + 1} ({protocol}, {self.world} workers, "
+                f"{_fmt_s(time.monotonic() - start)}): hits@1 {metrics.get('hits@1', 0):.3f} "
+                f"mrr {metrics['mrr']:.3f}{recall}",
+                flush=True,
             )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(mrr, src=0)
-        return float(mrr[0])
+        return float(metrics["mrr"])
 
     def early_stop(self, mrr: float) -> bool:
         if mrr > self.state.best_mrr:
