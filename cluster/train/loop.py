@@ -103,6 +103,7 @@ class Trainer:
         )
         self.shard = ray.train.get_dataset_shard("train")
         self.entity_lookup = config["entity_lookup"] if self.cfg.train.hard_negatives > 0 else None
+        self.refreshed: dict[str, list[str]] = {}  # mention_id -> negatives re-mined during this run
         use_bf16 = self.device.type == "cuda" and self.cfg.train.mixed_precision
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -179,6 +180,29 @@ class Trainer:
             )
         return float(metrics["mrr"])
 
+    def refresh_negatives(self, epoch: int, batches: list[list[dict]]) -> None:
+        """Every `negatives_refresh_epochs` epochs: re-mine this worker's hard negatives from the current model."""
+        from cluster.evaluate.dev import shared_entities
+        from cluster.train.negatives import refresh_negatives
+
+        tc = self.cfg.train
+        due = tc.hard_negatives > 0 and tc.negatives_refresh_epochs > 0 and epoch > 0
+        if not due or epoch % tc.negatives_refresh_epochs:
+            return
+        entities = shared_entities(
+            self.model,
+            self.builder,
+            self.config["entity_rows"],
+            self.cfg.eval.batch_size,
+            self.rank,
+            self.world,
+        )
+        rows = [r for batch in batches for r in batch]
+        label = f"[train] negatives refresh epoch {epoch + 1}" if self.rank == 0 else ""
+        self.refreshed = refresh_negatives(
+            self.model, self.builder, rows, entities, tc, self.cfg.eval.batch_size, epoch, label
+        )
+
     def early_stop(self, mrr: float) -> bool:
         if mrr > self.state.best_mrr:
             self.state.best_mrr, self.state.best_step, self.state.bad_evals = mrr, self.state.step, 0
@@ -193,6 +217,9 @@ class Trainer:
         for epoch in range(self.state.epoch, tc.epochs):
             batches = epoch_batches(self.shard, self.config["rows_per_worker"], tc.batch_size, tc.seed, epoch)
             skip = self.state.step - epoch * self.steps_per_epoch  # resumed mid-epoch: batches already done
+            self.refresh_negatives(epoch, batches)
+            for row in (r for batch in batches for r in batch if r["mention_id"] in self.refreshed):
+                row["hard_negative_ids"] = self.refreshed[row["mention_id"]]
             for batch in batches[skip:]:
                 loss = self.step(batch)
                 self.state.step += 1
