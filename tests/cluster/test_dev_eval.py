@@ -78,3 +78,26 @@ def test_two_workers_share_dev_eval_and_agree_with_one(dev, protocol):
     assert both[0].keys() == one.keys()
     for key, value in one.items():
         assert both[0][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_refreshed_negatives_come_from_the_current_models_top_entities(dev):
+    from cluster.evaluate.dev import shared_entities
+    from cluster.evaluate.features import encode_mention_batches
+    from cluster.inputs import BatchBuilder
+    from cluster.train.negatives import refresh_negatives
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    cfg, model_dir, rows, entities = dev
+    cfg.train.hard_negatives, cfg.train.hard_negative_pool = 3, 5
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    feats = shared_entities(model, builder, entities, 32, 0, 1)
+    picked = refresh_negatives(model, builder, rows, feats, cfg.train, 32, epoch=1)
+    vectors = torch.cat([v for _, _, v in encode_mention_batches(model, builder, rows, 32)])
+    top = (vectors @ feats.vectors.T).topk(6, dim=1).indices.tolist()
+    assert list(picked) == [r["mention_id"] for r in rows]
+    for row, hits in zip(rows, top):
+        negatives = picked[row["mention_id"]]
+        pool = [feats.ids[i] for i in hits if feats.ids[i] != row["gold_entity_id"]][:5]
+        assert len(negatives) == 3 and set(negatives) <= set(pool)
