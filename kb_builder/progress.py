@@ -64,8 +64,8 @@ class Progress:
 
     def _format(self, total: int | None) -> str:
         if total:
-            return "{desc}: {n:,}/{total:,}{unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}"
-        return "{desc}: {n:,}{unit}, {rate_fmt}, elapsed {elapsed}"
+            return "{desc}: {n:,}/{total:,}{unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
+        return "{desc}: {n:,}{unit}, {rate_fmt}, elapsed {elapsed}{postfix}"
 
     @property
     def rows(self) -> int:
@@ -75,8 +75,11 @@ class Progress:
     def elapsed_s(self) -> float:
         return self.bar.format_dict["elapsed"]
 
-    def update(self, n: int, fraction_done: float | None = None) -> None:
-        """Add `n` items done; `fraction_done` (0..1 of all input) sets the total when it is not known."""
+    def update(self, n: int, fraction_done: float | None = None, note: str = "") -> None:
+        """Add `n` items done; `fraction_done` (0..1 of all input) sets the total when it is not known;
+        `note` (e.g. the loss) ends the next status line."""
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
         if fraction_done and 0 < fraction_done <= 1 and not self.bar.total:
             done = self.bar.n + n
             self.bar.total = max(done, int(round(done / fraction_done)))

@@ -21,11 +21,6 @@ from cluster.inputs import BatchBuilder, gold_entity_row
 from cluster.train.checkpoint import restore_checkpoint, save_checkpoint
 
 
-def _fmt_s(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def epoch_batches(shard, rows_per_worker: int, batch_size: int, seed: int, epoch: int) -> list[list[dict]]:
     """This worker's rows for one epoch, in a seeded order, cut into batches (every worker: the same count)."""
     rows = []
@@ -174,7 +169,7 @@ class Trainer:
             recall = "".join(f" {k} {v:.3f}" for k, v in metrics.items() if k.startswith("recall@"))
             print(
                 f"[train] dev epoch {epoch + 1} ({protocol}, {self.world} workers, "
-                f"{_fmt_s(time.monotonic() - start)}): hits@1 {metrics.get('hits@1', 0):.3f} "
+                f"{time.monotonic() - start:.1f} s): hits@1 {metrics.get('hits@1', 0):.3f} "
                 f"mrr {metrics['mrr']:.3f}{recall}",
                 flush=True,
             )
@@ -212,8 +207,12 @@ class Trainer:
 
     def run(self) -> dict:
         tc = self.cfg.train
-        start, done_at_start = time.monotonic(), self.state.step
-        log_every = max(1, self.total_steps // 20)
+        from kb_builder.progress import Progress
+
+        start = time.monotonic()
+        meter = Progress(
+            "[train] steps", self.total_steps - self.state.step, "steps", enabled=self.rank == 0, every_s=10.0
+        )
         for epoch in range(self.state.epoch, tc.epochs):
             batches = epoch_batches(self.shard, self.config["rows_per_worker"], tc.batch_size, tc.seed, epoch)
             skip = self.state.step - epoch * self.steps_per_epoch  # resumed mid-epoch: batches already done
@@ -225,17 +224,8 @@ class Trainer:
                 self.state.step += 1
                 self.state.losses.append([self.state.step, loss])
                 maybe_inject_failure(self.config, self.rank, self.world, self.state.step)
-                if self.rank == 0 and (
-                    self.state.step % log_every == 0 or self.state.step == self.total_steps
-                ):
-                    elapsed = time.monotonic() - start
-                    per_step = elapsed / max(1, self.state.step - done_at_start)
-                    rate = len(batch) * self.world / per_step
-                    print(
-                        f"[train] epoch {epoch + 1}/{tc.epochs} step {self.state.step}/{self.total_steps} "
-                        f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s "
-                        f"ETA {_fmt_s(per_step * (self.total_steps - self.state.step))}"
-                    )
+                lr = self.scheduler.get_last_lr()[0]
+                meter.update(1, note=f"epoch {epoch + 1}/{tc.epochs} loss {loss:.4f} lr {lr:.2e}")
                 mid_epoch = self.state.step % self.steps_per_epoch != 0
                 if (
                     mid_epoch
@@ -251,6 +241,9 @@ class Trainer:
             self.report(metrics, with_checkpoint=True)
             if self.state.stopped_early:
                 break
+        meter.done(
+            f"{self.state.step} of {self.total_steps} steps, {tc.batch_size * self.world} samples/step"
+        )
         return {"state": self.state.__dict__, "wall_s": time.monotonic() - start, "pid": os.getpid()}
 
 
