@@ -2,8 +2,10 @@
 
 Each worker reads its shard of the train mentions (Ray Data), scores each mention against the batch's gold
 entities (+ optional index-mined hard negatives) and minimises the MMoE loss (reference section 1: losses,
-training). Rank 0 evaluates on dev at epoch ends, writes checkpoints and prints progress; every worker takes
-part in `ray.train.report`, so a restarted worker group resumes at the same step from the last checkpoint.
+training). At epoch ends every worker takes a share of the dev evaluation (`train.dev_protocol`, see
+`cluster.evaluate.dev`) and, when `train.negatives_refresh_epochs` is set, re-mines its hard negatives. Rank 0
+writes checkpoints and prints progress; every worker takes part in `ray.train.report`, so a restarted worker
+group resumes at the same step from the last checkpoint.
 """
 
 from __future__ import annotations
