@@ -8,7 +8,7 @@ Training time = measured ms/step of the real step code (`cluster.train.loop`) x 
 dev mentions and extrapolated linearly to the whole dev set (its cost is linear in mentions); entity encoding is
 timed apart and counted once. Goals: system <= 10% of the epoch at 100k; >= 20x cheaper than exhaustive at 18k.
 
-    python3 bench/bench_train_eval.py [--entities 17805 100000 --steps 6 --exhaustive-dev 16]
+    python3 bench/bench_train_eval.py [--entities 17805 100000 --steps 6 --exhaustive-dev 8]
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
         feats = shared_entities(model, builder, entities, ev.batch_size, 0, 1)
         encode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        system = candidate_ranks(model, builder, dev, feats, ev.retrieve_k, ev.batch_size, "system scoring")
+        top_k = cfg.train.dev_top_k
+        system = candidate_ranks(model, builder, dev, feats, top_k, ev.batch_size, "system scoring")
         system_score_s = time.perf_counter() - t0
         subset = dev[: args.exhaustive_dev]
         t0 = time.perf_counter()
@@ -141,7 +142,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, nargs="+", default=[17805, 100000])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--exhaustive-dev", type=int, default=16, help="dev mentions timed exhaustively")
+    parser.add_argument("--exhaustive-dev", type=int, default=8, help="dev mentions timed exhaustively")
     args = parser.parse_args()
 
     import torch
@@ -162,7 +163,7 @@ def main() -> None:
     rows = [measure(cfg, model_dir, n, args) for n in args.entities]
     print(
         f"\nbench_train_eval: tiny model, batch {cfg.train.batch_size}, {args.workers} workers, "
-        f"K={cfg.eval.retrieve_k}; exhaustive timed on {args.exhaustive_dev} dev mentions, extrapolated"
+        f"K=train.dev_top_k={cfg.train.dev_top_k}; exhaustive timed on {args.exhaustive_dev} dev mentions, extrapolated"
     )
     print("entities  train    dev  epoch train  dev system  dev exhaustive  system/epoch  exhaustive/system")
     for r in rows:
@@ -174,7 +175,7 @@ def main() -> None:
     for r in rows:
         print(
             f"  {r['entities']}: {r['step_ms']:.0f} ms/step; entity encoding {r['encode_s']:.1f}s on one "
-            f"process (shared by the workers); system recall@{cfg.eval.retrieve_k} {r['recall']:.3f}"
+            f"process (shared by the workers); system recall@{cfg.train.dev_top_k} {r['recall']:.3f}"
         )
 
 

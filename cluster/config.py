@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     eval_every_epochs: int = 1
     dev_protocol: str = "system"  # system (inner-product top-K + exact rerank) | exhaustive (the paper's)
+    dev_top_k: int = 20  # K of the system dev protocol (golds beyond it are misses; 0 = eval.retrieve_k)
     early_stop_patience: int = 3  # in evaluations without a better dev MRR
     hard_negatives: int = 0  # extra negatives per mention mined from the index (0 = in-batch only)
     hard_negative_pool: int = 20  # mine among the top-N of the index

@@ -75,8 +75,11 @@ def dev_metrics(
     protocol: str = "system",
     rank: int = 0,
     world: int = 1,
+    top_k: int = 0,
 ) -> dict:
-    """Dev metrics under `protocol`, identical on every rank; each rank scores its slice of `dev_rows`."""
+    """Dev metrics under `protocol`, identical on every rank; each rank scores its slice of `dev_rows`.
+
+    `top_k` is the system protocol's K (0 = `eval_cfg.retrieve_k`)."""
     if protocol not in DEV_PROTOCOLS:
         raise ValueError(f"train.dev_protocol={protocol!r}: expected one of {DEV_PROTOCOLS}")
     if getattr(bare(model), "reference_gate", False):
@@ -89,7 +92,7 @@ def dev_metrics(
     rows = my_slice(dev_rows, rank, world)
     label = f"[dev] {protocol} scoring" + (f" (rank 0 of {world})" if world > 1 else "")
     label = label if rank == 0 else ""
-    top_k = min(eval_cfg.retrieve_k, len(entities.ids))
+    top_k = min(top_k or eval_cfg.retrieve_k, len(entities.ids))
     if protocol == "system":
         result = candidate_ranks(model, builder, rows, entities, top_k, eval_cfg.batch_size, label=label)
     else:

@@ -163,6 +163,7 @@ class Trainer:
             protocol,
             self.rank,
             self.world,
+            self.cfg.train.dev_top_k,
         )
         if self.rank == 0:
             self.state.dev.append(
