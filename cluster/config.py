@@ -50,9 +50,14 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on GPU; fp32 on CPU
     checkpoint_every_steps: int = 50
     eval_every_epochs: int = 1
+    dev_protocol: str = "system"  # system (inner-product top-K + exact rerank) | exhaustive (the paper's)
+    dev_top_k: int = 20  # K of the system dev protocol (golds beyond it are misses; 0 = eval.retrieve_k)
     early_stop_patience: int = 3  # in evaluations without a better dev MRR
     hard_negatives: int = 0  # extra negatives per mention mined from the index (0 = in-batch only)
     hard_negative_pool: int = 20  # mine among the top-N of the index
+    negatives_refresh_epochs: int = (
+        0  # re-mine hard negatives from the current model every N epochs (0 = once)
+    )
     train_fraction: float = 1.0  # low-resource runs: 0.1 or 0.2 (seeded subset)
     max_failures: int = 2  # worker failures Ray Train recovers from, resuming at the last checkpoint
     run_name: str = "mmoe"

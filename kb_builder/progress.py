@@ -1,61 +1,112 @@
-"""Progress lines for long work: rows done, rate and ETA, at most every few seconds, then a summary."""
+"""The one progress meter of the project, on tqdm: items done, rate and time left, then a one-line summary.
+
+Every long phase (KB build, indexing, DME, entity encoding, scoring, mining, checkpointing) uses it. tqdm does
+the counting, throttling, rate and ETA; we only print each status as a whole line (to stderr) instead of
+redrawing one, so the logs of Ray workers and CI stay readable.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
-def _fmt_s(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )
+class _LineBar(tqdm):
+    """A tqdm bar that prints whole lines; no monitor thread (Ray workers and tests start many meters)."""
+
+    monitor_interval = 0
+
+    def __init__(self, *args, line_stream=None, **kwargs):
+        self.line_stream = line_stream
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if msg is not None:  # tqdm passes msg="" to clear a line: nothing to clear in line mode
+            return False
+        print(str(self), file=self.line_stream, flush=True)
+        return True
 
 
 class Progress:
-    """`update(rows, fraction_done)` prints `label: 1,200,000 rows, 95,000 rows/s, 38% ETA 0m25s`."""
+    """`update(n)` after each unit of work; `done()` prints and returns the summary (`close` is the same).
 
-    def __init__(self, label: str, enabled: bool = True, every_s: float = 2.0, stream=None):
-        self.label, self.enabled, self.every_s = label, enabled, every_s
-        self.stream = stream or sys.stderr
-        self.rows = 0
-        self.fraction = 0.0
-        self.start_s = time.monotonic()
-        self._last_print_s = self.start_s  # first line after `every_s`: quick jobs print only the summary
+    A known `total` gives percent and ETA; without one, `update(n, fraction_done)` estimates it.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        unit: str = "rows",
+        enabled: bool = True,
+        every_s: float = 2.0,
+        stream=None,
+    ):
+        self.label, self.unit, self.enabled = label, unit, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.bar = _LineBar(
+            total=total,
+            desc=label,
+            unit=f" {unit}",
+            unit_scale=True,
+            line_stream=self.stream,
+            file=self.stream,
+            disable=not enabled,
+            mininterval=every_s,
+            miniters=1,
+            delay=max(every_s, 1e-6),  # quick phases print only their summary
+            leave=False,
+            bar_format=self._format(total),
+        )
+        self.bar.n = 0
+        self._closed_summary: str | None = None
+
+    def _format(self, total: int | None) -> str:
+        if total:
+            return "{desc}: {n:,}/{total:,}{unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
+        return "{desc}: {n:,}{unit}, {rate_fmt}, elapsed {elapsed}{postfix}"
+
+    @property
+    def rows(self) -> int:
+        return int(self.bar.n)
 
     @property
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.start_s
+        return self.bar.format_dict["elapsed"]
 
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / max(self.elapsed_s, 1e-9)
-
-    def update(self, rows: int, fraction_done: float | None = None) -> None:
-        """Add `rows` done; `fraction_done` (0..1 of all input) lets us print an ETA."""
-        self.rows += rows
-        if fraction_done is not None:
-            self.fraction = min(1.0, max(self.fraction, fraction_done))
-        now = time.monotonic()
-        if self.enabled and now - self._last_print_s >= self.every_s:
-            self._last_print_s = now
-            print(self.line(), file=self.stream, flush=True)
-
-    def line(self) -> str:
-        text = f"{self.label}: {self.rows:,} rows, {self.rows_per_s:,.0f} rows/s"
-        if 0 < self.fraction < 1:
-            eta_s = self.elapsed_s * (1 - self.fraction) / self.fraction
-            text += f", {self.fraction:.0%} ETA {_fmt_s(eta_s)}"
-        return text
+    def update(self, n: int, fraction_done: float | None = None, note: str = "") -> None:
+        """Add `n` items done; `fraction_done` (0..1 of all input) sets the total when it is not known;
+        `note` (e.g. the loss) ends the next status line."""
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        if fraction_done and 0 < fraction_done <= 1 and not self.bar.total:
+            done = self.bar.n + n
+            self.bar.total = max(done, int(round(done / fraction_done)))
+            self.bar.bar_format = self._format(self.bar.total)
+        elif fraction_done and self.bar.total:
+            done = self.bar.n + n
+            self.bar.total = max(done, int(round(done / min(1.0, fraction_done))))
+        self.bar.update(int(n))
 
     def done(self, extra: str = "") -> str:
-        """Print and return the closing summary line."""
-        text = f"{self.label}: done, {self.rows:,} rows in {_fmt_s(self.elapsed_s)}"
-        text += f" ({self.rows_per_s:,.0f} rows/s)"
-        text += f"; {extra}" if extra else ""
+        """Print and return `label: done, N unit in 1m05s (R unit/s); extra` (once)."""
+        if self._closed_summary is not None:
+            return self._closed_summary
+        elapsed = self.elapsed_s
+        rate = self.bar.n / elapsed if elapsed > 0 else 0.0
+        text = f"{self.label}: done, {self.bar.n:,} {self.unit} in {tqdm.format_interval(elapsed)}"
+        text += f" ({rate:,.1f} {self.unit}/s)" + (f"; {extra}" if extra else "")
+        self.bar.close()
         if self.enabled:
             print(text, file=self.stream, flush=True)
+        self._closed_summary = text
         return text
+
+    close = done
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kb_builder.config import KBConfig, StorageConfig
+from kb_builder.progress import Progress
 from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
 from kb_builder.storage import Storage
 from workers.collections import index_collection, model_tag
@@ -26,7 +27,6 @@ from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
 from workers.images import ImageLoader, kb_image_roots
 from workers.milvus_store import ID_MAX_BYTES, MilvusStore
-from workers.progress import Progress
 from workers.ray_pool import EncodingPool
 
 
@@ -214,7 +214,7 @@ def run_index(
         report.shards = 1
 
     # 2. encode on Ray actors; 3. write each finished shard (Milvus flush + feature file, then progress)
-    meter = Progress(sum(sizes.values()), "entities", enabled=progress and bool(work))
+    meter = Progress("index", sum(sizes.values()), "entities", enabled=progress and bool(work), every_s=5.0)
     expected = {name: -(-size // encoder_cfg.batch_size) for name, size in sizes.items()}
     results: dict[str, dict[int, EncodedEntities]] = {name: {} for name in sizes}
     if any(sizes.values()):

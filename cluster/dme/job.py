@@ -113,7 +113,7 @@ def _select_on_ray(cfg, todo: pl.DataFrame, kb_version: str, save, progress: boo
 
     from cluster.dme.worker import DMEWorker
     from cluster.runtime import init_ray
-    from workers.progress import Progress
+    from kb_builder.progress import Progress
 
     init_ray(cfg.ray)
     if cfg.dme.selector != "none":  # build models/init once here, not in racing actors
@@ -132,7 +132,7 @@ def _select_on_ray(cfg, todo: pl.DataFrame, kb_version: str, save, progress: boo
     in_flight = max(1, getattr(cfg.encoder, "batches_in_flight", MAX_BATCHES_IN_FLIGHT_PER_ACTOR))
     records = todo.to_dicts()
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    meter = Progress(len(records), label="mentions", enabled=progress)
+    meter = Progress("dme", len(records), "mentions", enabled=progress, every_s=5.0)
     rows, counters, ann = [], DMECounters(), False
     pending: dict = {}
     uri, release = _shared_milvus_uri(cfg) if cfg.dme.selector != "none" else ("", _nothing)

@@ -50,7 +50,7 @@ def encode_entities(
     """Retrieval vectors and rerank caches for `rows` (entity-row dicts), in row order; progress when `label`."""
     from kb_builder.progress import Progress
 
-    progress = Progress(label, enabled=bool(label), every_s=5.0)
+    progress = Progress(label, len(rows), "entities", enabled=bool(label), every_s=5.0)
     model = bare(model)
     was_training = model.training
     model.eval()
@@ -61,7 +61,7 @@ def encode_entities(
         vectors.append(model.retrieval_vectors(feats).float())
         caches.append({k: as_float(v) for k, v in model.entity_cache(feats).items()})
         has_image.append(inputs["image_mask"])
-        progress.update(len(inputs["image_mask"]), (start + batch_size) / max(1, len(rows)))
+        progress.update(len(inputs["image_mask"]))
     model.train(was_training)
     if label:
         progress.done()
@@ -81,7 +81,7 @@ def encode_mention_batches(
     """Yield (start, mention SideFeatures, retrieval vectors [B,D]) over `rows` in order; progress when `label`."""
     from kb_builder.progress import Progress
 
-    progress = Progress(label, enabled=bool(label), every_s=5.0)
+    progress = Progress(label, len(rows), "mentions", enabled=bool(label), every_s=5.0)
     model = bare(model)
     was_training = model.training
     model.eval()
@@ -89,7 +89,7 @@ def encode_mention_batches(
         for start in range(0, len(rows), batch_size):
             feats = model.encode(builder.mentions(rows[start : start + batch_size], use_dme=use_dme))
             yield start, feats, model.retrieval_vectors(feats).float()
-            progress.update(len(rows[start : start + batch_size]), (start + batch_size) / max(1, len(rows)))
+            progress.update(len(rows[start : start + batch_size]))
     finally:
         model.train(was_training)
     if label:

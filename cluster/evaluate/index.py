@@ -34,6 +34,7 @@ def eval_milvus_uri(cfg) -> str:
 
 def ensure_eval_index(cfg, storage, model_dir: str | Path, entities: EntityFeatures):
     """(store, collection, feature_cache) holding `entities` as encoded by `model_dir`; built when missing."""
+    from kb_builder.progress import Progress
     from workers.feature_cache import FeatureCache
     from workers.milvus_store import MilvusStore
 
@@ -51,7 +52,10 @@ def ensure_eval_index(cfg, storage, model_dir: str | Path, entities: EntityFeatu
         {"entity_id": eid, "vector": vec, "name": "", "has_image": bool(img)}
         for eid, vec, img in zip(entities.ids, entities.vectors.numpy(), entities.has_image.tolist())
     ]
+    meter = Progress("eval index", len(rows), "entities", every_s=5.0)
     store.upsert(name, rows)
     store.flush(name)
     cache.write_shard(SHARD_NAME, entities.ids, {**entities.cache, "vector": entities.vectors})
+    meter.update(len(rows))
+    meter.done(f"Milvus collection and feature cache {name}")
     return store, name, cache

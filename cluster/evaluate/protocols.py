@@ -115,6 +115,49 @@ def system_ranks(
     )
 
 
+def candidate_ranks(
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    entities: EntityFeatures,
+    top_k: int,
+    batch_size: int,
+    label: str = "",
+) -> RankResult:
+    """Protocol (b) on features in memory: exact inner-product top-K over `entities`, exact rerank of the K.
+
+    A gold outside the K gets rank K+1 (`retrieved` False); NIL rows (gold not in the KB) get rank 0.
+    """
+    net = bare(model)
+    position = entities.index_of()
+    gold = torch.tensor([position.get(r.get("gold_entity_id") or "", -1) for r in rows], dtype=torch.long)
+    k = min(top_k, len(entities.ids))
+    ranks, gold_scores, top_ids, retrieved, top_scores = [], [], [], [], []
+    with torch.no_grad():
+        for start, feats, vectors in encode_mention_batches(model, builder, rows, batch_size, True, label):
+            top = (vectors @ entities.vectors.T).topk(k, dim=1).indices  # [B,K]
+            cand_vectors, cand_cache = entities.rows(top)
+            scores = net.score_candidates(feats, cand_vectors, cand_cache).scores.float()  # [B,K]
+            g = gold[start : start + batch_size]
+            hit = top == g[:, None]  # [B,K]
+            found = hit.any(dim=1)
+            g_score = scores.gather(1, hit.float().argmax(dim=1, keepdim=True)).squeeze(1)
+            rank = 1 + (scores > g_score[:, None]).sum(dim=1)
+            ranks.append(torch.where(found, rank, torch.full_like(rank, k + 1)).masked_fill(g < 0, 0))
+            gold_scores.append(torch.where(found, g_score, torch.full_like(g_score, float("nan"))))
+            best = scores.argmax(dim=1)
+            top_ids += [entities.ids[i] for i in top.gather(1, best[:, None]).squeeze(1).tolist()]
+            top_scores.append(scores.max(dim=1).values)
+            retrieved.append(found)
+    if not rows:
+        return RankResult(
+            torch.zeros(0, dtype=torch.long), torch.zeros(0), [], torch.zeros(0, dtype=torch.bool)
+        )
+    return RankResult(
+        torch.cat(ranks), torch.cat(gold_scores), top_ids, torch.cat(retrieved), torch.cat(top_scores)
+    )
+
+
 def exhaustive_metrics(
     model, builder: BatchBuilder, rows: list[dict], entity_rows: list[dict], eval_cfg
 ) -> dict:

@@ -49,13 +49,19 @@ def backbone_features(model, inputs: dict):
 
 
 @torch.no_grad()
-def entity_backbone(model, builder: BatchBuilder, entity_rows: list[dict], batch_size: int):
+def entity_backbone(
+    model, builder: BatchBuilder, entity_rows: list[dict], batch_size: int, label: str = "reference entities"
+):
     """Backbone features of every entity, concatenated in entity-row order (the official KB feature cache)."""
+    from kb_builder.progress import Progress
+
     device = next(model.parameters()).device
-    parts = [
-        backbone_features(model, _to(builder.entities(entity_rows[i : i + batch_size]), device))
-        for i in range(0, len(entity_rows), batch_size)
-    ]
+    meter = Progress(label, len(entity_rows), "entities", enabled=bool(label), every_s=5.0)
+    parts = []
+    for i in range(0, len(entity_rows), batch_size):
+        parts.append(backbone_features(model, _to(builder.entities(entity_rows[i : i + batch_size]), device)))
+        meter.update(len(entity_rows[i : i + batch_size]))
+    meter.done()
     if not parts:
         raise ValueError("the KB has no entities")
     return type(parts[0])(
@@ -72,15 +78,18 @@ def tile_scores(
     mention_tile: int = OFFICIAL_MENTION_TILE,
     entity_tile: int = OFFICIAL_ENTITY_TILE,
     use_dme: bool = True,
+    label: str = "reference scoring",
 ):
     """Yield (start, scores [b, N]) per mention tile: `model.score` on every (mention tile, entity tile) pair.
 
     `entities` = `entity_backbone(...)`. Both sides' MoE is recomputed per tile (reference section 1).
     """
+    from kb_builder.progress import Progress
     from mmoe.model import select_rows
 
     device = next(model.parameters()).device
     n = entities.text_cls.shape[0]
+    meter = Progress(label, len(rows), "mentions", enabled=bool(label), every_s=5.0)
     for start in range(0, len(rows), mention_tile):
         inputs = _to(builder.mentions(rows[start : start + mention_tile], use_dme=use_dme), device)
         m = match_features(model, backbone_features(model, inputs))
@@ -88,7 +97,9 @@ def tile_scores(
         for lo in range(0, n, entity_tile):
             e = match_features(model, select_rows(entities, slice(lo, min(lo + entity_tile, n))))
             chunks.append(model.score(m, e).scores.float().cpu())  # [b, tile]
+        meter.update(len(rows[start : start + mention_tile]))
         yield start, torch.cat(chunks, dim=1)  # [b, N]
+    meter.done()
 
 
 def reference_exhaustive_ranks(

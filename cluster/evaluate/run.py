@@ -69,8 +69,19 @@ def calibrate(model, builder, cfg, storage, entities) -> dict:
         if r["mention_id"] not in linked_ids
     ]
     ev = cfg.eval
-    on_linked = exhaustive_ranks(model, builder, linked.to_dicts(), entities, ev.batch_size, ev.entity_chunk)
-    on_nil = exhaustive_ranks(model, builder, nil, entities, ev.batch_size, ev.entity_chunk)
+    on_linked = exhaustive_ranks(
+        model,
+        builder,
+        linked.to_dicts(),
+        entities,
+        ev.batch_size,
+        ev.entity_chunk,
+        True,
+        "calibration linked",
+    )
+    on_nil = exhaustive_ranks(
+        model, builder, nil, entities, ev.batch_size, ev.entity_chunk, True, "calibration NIL"
+    )
     return fit_nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
 
 

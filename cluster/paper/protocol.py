@@ -167,7 +167,7 @@ def measure_token(cfg, model_dir, split: str = "test") -> list[ProtocolRun]:
     storage, model, builder, rows, entity_rows, nil_skipped = _inputs(cfg, model_dir, split)
     with MemoryMeter() as setup_meter:
         t0 = time.perf_counter()
-        entities = encode_entities(model, builder, entity_rows, ev.batch_size)
+        entities = encode_entities(model, builder, entity_rows, ev.batch_size, "bench-paper entities")
         t1 = time.perf_counter()
         store, collection, cache = ensure_eval_index(cfg, storage, model_dir, entities)
         t2 = time.perf_counter()
@@ -179,11 +179,23 @@ def measure_token(cfg, model_dir, split: str = "test") -> list[ProtocolRun]:
     try:
         with MemoryMeter() as meter_a:
             start = time.perf_counter()
-            a = exhaustive_ranks(model, builder, rows, entities, ev.batch_size, ev.entity_chunk)
+            a = exhaustive_ranks(
+                model, builder, rows, entities, ev.batch_size, ev.entity_chunk, label="bench-paper exhaustive"
+            )
             wall_a = time.perf_counter() - start
         with MemoryMeter() as meter_b:
             start = time.perf_counter()
-            b = system_ranks(model, builder, rows, store, collection, cache, ev.retrieve_k, ev.batch_size)
+            b = system_ranks(
+                model,
+                builder,
+                rows,
+                store,
+                collection,
+                cache,
+                ev.retrieve_k,
+                ev.batch_size,
+                label="bench-paper system",
+            )
             wall_b = time.perf_counter() - start
     finally:
         store.close(release_file=True)

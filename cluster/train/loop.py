@@ -2,8 +2,10 @@
 
 Each worker reads its shard of the train mentions (Ray Data), scores each mention against the batch's gold
 entities (+ optional index-mined hard negatives) and minimises the MMoE loss (reference section 1: losses,
-training). Rank 0 evaluates on dev at epoch ends, writes checkpoints and prints progress; every worker takes
-part in `ray.train.report`, so a restarted worker group resumes at the same step from the last checkpoint.
+training). At epoch ends every worker takes a share of the dev evaluation (`train.dev_protocol`, see
+`cluster.evaluate.dev`) and, when `train.negatives_refresh_epochs` is set, re-mines its hard negatives. Rank 0
+writes checkpoints and prints progress; every worker takes part in `ray.train.report`, so a restarted worker
+group resumes at the same step from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,11 +21,6 @@ import torch
 
 from cluster.inputs import BatchBuilder, gold_entity_row
 from cluster.train.checkpoint import restore_checkpoint, save_checkpoint
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def epoch_batches(shard, rows_per_worker: int, batch_size: int, seed: int, epoch: int) -> list[list[dict]]:
@@ -103,6 +100,7 @@ class Trainer:
         )
         self.shard = ray.train.get_dataset_shard("train")
         self.entity_lookup = config["entity_lookup"] if self.cfg.train.hard_negatives > 0 else None
+        self.refreshed: dict[str, list[str]] = {}  # mention_id -> negatives re-mined during this run
         use_bf16 = self.device.type == "cuda" and self.cfg.train.mixed_precision
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -137,29 +135,71 @@ class Trainer:
         if not (with_checkpoint and self.rank == 0):
             ray.train.report(metrics, checkpoint=None)
             return
+        from kb_builder.progress import Progress
+
+        meter = Progress("[train] checkpoint", 1, "checkpoints", every_s=5.0)
         tmp = save_checkpoint(self.model, self.processor, self.optimizer, self.scheduler, self.state)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp.name))
         finally:
             tmp.cleanup()
+        meter.update(1)
+        meter.done(f"step {self.state.step}")
 
     def evaluate_dev(self, epoch: int) -> float:
-        """Exhaustive dev metrics on rank 0, its MRR shared with every worker (early stopping decides alike)."""
-        from cluster.evaluate.protocols import exhaustive_metrics
+        """Dev metrics by `train.dev_protocol`, shared by every worker (each scores a slice, all get the MRR)."""
+        from cluster.evaluate.dev import dev_metrics
 
-        mrr = torch.tensor([-1.0])
-        if self.rank == 0 and self.config["dev_rows"]:
-            metrics = exhaustive_metrics(
-                self.model, self.builder, self.config["dev_rows"], self.config["entity_rows"], self.cfg.eval
+        if not self.config["dev_rows"]:
+            return -1.0
+        start = time.monotonic()
+        protocol = self.cfg.train.dev_protocol
+        metrics = dev_metrics(
+            self.model,
+            self.builder,
+            self.config["dev_rows"],
+            self.config["entity_rows"],
+            self.cfg.eval,
+            protocol,
+            self.rank,
+            self.world,
+            self.cfg.train.dev_top_k,
+        )
+        if self.rank == 0:
+            self.state.dev.append(
+                {"epoch": epoch + 1, "step": self.state.step, "protocol": protocol, **metrics}
             )
-            self.state.dev.append({"epoch": epoch + 1, "step": self.state.step, **metrics})
-            mrr[0] = metrics["mrr"]
+            recall = "".join(f" {k} {v:.3f}" for k, v in metrics.items() if k.startswith("recall@"))
             print(
-                f"[train] dev epoch {epoch + 1}: hits@1 {metrics.get('hits@1', 0):.3f} mrr {metrics['mrr']:.3f}"
+                f"[train] dev epoch {epoch + 1} ({protocol}, {self.world} workers, "
+                f"{time.monotonic() - start:.1f} s): hits@1 {metrics.get('hits@1', 0):.3f} "
+                f"mrr {metrics['mrr']:.3f}{recall}",
+                flush=True,
             )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(mrr, src=0)
-        return float(mrr[0])
+        return float(metrics["mrr"])
+
+    def refresh_negatives(self, epoch: int, batches: list[list[dict]]) -> None:
+        """Every `negatives_refresh_epochs` epochs: re-mine this worker's hard negatives from the current model."""
+        from cluster.evaluate.dev import shared_entities
+        from cluster.train.negatives import refresh_negatives
+
+        tc = self.cfg.train
+        due = tc.hard_negatives > 0 and tc.negatives_refresh_epochs > 0 and epoch > 0
+        if not due or epoch % tc.negatives_refresh_epochs:
+            return
+        entities = shared_entities(
+            self.model,
+            self.builder,
+            self.config["entity_rows"],
+            self.cfg.eval.batch_size,
+            self.rank,
+            self.world,
+        )
+        rows = [r for batch in batches for r in batch]
+        label = f"[train] negatives refresh epoch {epoch + 1}" if self.rank == 0 else ""
+        self.refreshed = refresh_negatives(
+            self.model, self.builder, rows, entities, tc, self.cfg.eval.batch_size, epoch, label
+        )
 
     def early_stop(self, mrr: float) -> bool:
         if mrr > self.state.best_mrr:
@@ -170,27 +210,25 @@ class Trainer:
 
     def run(self) -> dict:
         tc = self.cfg.train
-        start, done_at_start = time.monotonic(), self.state.step
-        log_every = max(1, self.total_steps // 20)
+        from kb_builder.progress import Progress
+
+        start = time.monotonic()
+        meter = Progress(
+            "[train] steps", self.total_steps - self.state.step, "steps", enabled=self.rank == 0, every_s=10.0
+        )
         for epoch in range(self.state.epoch, tc.epochs):
             batches = epoch_batches(self.shard, self.config["rows_per_worker"], tc.batch_size, tc.seed, epoch)
             skip = self.state.step - epoch * self.steps_per_epoch  # resumed mid-epoch: batches already done
+            self.refresh_negatives(epoch, batches)
+            for row in (r for batch in batches for r in batch if r["mention_id"] in self.refreshed):
+                row["hard_negative_ids"] = self.refreshed[row["mention_id"]]
             for batch in batches[skip:]:
                 loss = self.step(batch)
                 self.state.step += 1
                 self.state.losses.append([self.state.step, loss])
                 maybe_inject_failure(self.config, self.rank, self.world, self.state.step)
-                if self.rank == 0 and (
-                    self.state.step % log_every == 0 or self.state.step == self.total_steps
-                ):
-                    elapsed = time.monotonic() - start
-                    per_step = elapsed / max(1, self.state.step - done_at_start)
-                    rate = len(batch) * self.world / per_step
-                    print(
-                        f"[train] epoch {epoch + 1}/{tc.epochs} step {self.state.step}/{self.total_steps} "
-                        f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s "
-                        f"ETA {_fmt_s(per_step * (self.total_steps - self.state.step))}"
-                    )
+                lr = self.scheduler.get_last_lr()[0]
+                meter.update(1, note=f"epoch {epoch + 1}/{tc.epochs} loss {loss:.4f} lr {lr:.2e}")
                 mid_epoch = self.state.step % self.steps_per_epoch != 0
                 if (
                     mid_epoch
@@ -206,6 +244,9 @@ class Trainer:
             self.report(metrics, with_checkpoint=True)
             if self.state.stopped_early:
                 break
+        meter.done(
+            f"{self.state.step} of {self.total_steps} steps, {tc.batch_size * self.world} samples/step"
+        )
         return {"state": self.state.__dict__, "wall_s": time.monotonic() - start, "pid": os.getpid()}
 
 

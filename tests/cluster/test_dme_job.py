@@ -105,7 +105,7 @@ def test_interrupted_run_resumes_and_none_selector_writes_empty_descriptions(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("workers.progress.Progress.update", interrupt)
+        patch.setattr("kb_builder.progress.Progress.update", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run_dme(cfg, progress=False)
     kept = read_cache(storage, cfg.kb.name)

@@ -81,8 +81,8 @@ def test_progress_prints_rate_eta_and_summary():
     meter.update(500, 0.5)
     summary = meter.done("1,000 kept")
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("load: 500 rows, ") and "rows/s" in lines[0] and "25% ETA" in lines[0]
-    assert lines[1].startswith("load: 1,000 rows") and "50% ETA" in lines[1]
+    assert lines[0].startswith("load: 500/2,000 rows (25%), ") and "rows/s" in lines[0] and "ETA" in lines[0]
+    assert lines[1].startswith("load: 1,000/2,000 rows (50%)") and "ETA" in lines[1]
     assert (
         summary == lines[-1] and summary.startswith("load: done, 1,000 rows in ") and summary.endswith("kept")
     )

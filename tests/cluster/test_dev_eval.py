@@ -1,0 +1,103 @@
+"""Dev evaluation during training (cluster.evaluate.dev) on the sample KB and the untrained tiny model:
+the system protocol (inner-product top-K + exact rerank) against the exhaustive one, and two gloo ranks
+sharing the work against one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.fixtures import free_port
+
+
+@pytest.fixture
+def dev(mel_config):
+    from cluster.inputs import entity_rows, linked_mentions
+    from kb_builder.build import build_kb
+    from kb_builder.storage import Storage
+    from workers.model_store import resolve_model_dir
+
+    cfg = mel_config
+    build_kb(cfg.kb, cfg.storage, progress=False)
+    storage = Storage(cfg.storage)
+    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
+    rows = linked_mentions(storage, cfg.kb.name, "dev")[0].to_dicts()
+    return cfg, model_dir, rows, entity_rows(storage, cfg.kb.name)
+
+
+def _metrics(cfg, model_dir, rows, entities, protocol, rank=0, world=1):
+    from cluster.evaluate.dev import dev_metrics
+    from cluster.inputs import BatchBuilder
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    torch.set_num_threads(1)
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    return dev_metrics(model, builder, rows, entities, cfg.eval, protocol, rank, world)
+
+
+def test_system_dev_protocol_agrees_with_exhaustive(dev):
+    cfg, model_dir, rows, entities = dev
+    cfg.eval.retrieve_k = 20  # K well below the 120 entities
+    exhaustive = _metrics(cfg, model_dir, rows, entities, "exhaustive")
+    system = _metrics(cfg, model_dir, rows, entities, "system")
+    assert system["count"] == exhaustive["count"] == len(rows) > 0
+    assert system["hits@1"] == exhaustive["hits@1"]
+    assert set(system) >= {"recall@20", "hits@20"} and "hits@50" not in system
+    # Golds the exhaustive protocol ranks beyond K add less than 1/(K+1) each to its MRR; the system protocol
+    # counts them as misses (0). Inside K both rank alike, so the MRRs differ by at most that much.
+    assert system["hits@20"] == exhaustive["hits@20"] and system["recall@20"] >= exhaustive["hits@20"]
+    assert abs(system["mrr"] - exhaustive["mrr"]) <= (1 - exhaustive["hits@20"]) / 21 + 1e-9
+    cfg.eval.retrieve_k = len(entities)  # K covering the KB: both protocols rank alike
+    assert _metrics(cfg, model_dir, rows, entities, "system")["mrr"] == pytest.approx(exhaustive["mrr"])
+
+
+def _rank_main(rank, world, port, args, out):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        out[rank] = _metrics(*args, rank=rank, world=world)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("protocol", ["system", "exhaustive"])
+def test_two_workers_share_dev_eval_and_agree_with_one(dev, protocol):
+    import torch.multiprocessing as mp
+
+    cfg, model_dir, rows, entities = dev
+    cfg.eval.retrieve_k = 20
+    one = _metrics(cfg, model_dir, rows, entities, protocol)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_main, args=(2, free_port(), (cfg, model_dir, rows, entities, protocol), out), nprocs=2)
+        both = dict(out)
+    assert both[0] == both[1]  # every rank gets the whole result (early stopping decides alike)
+    assert both[0].keys() == one.keys()
+    for key, value in one.items():
+        assert both[0][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_refreshed_negatives_come_from_the_current_models_top_entities(dev):
+    from cluster.evaluate.dev import shared_entities
+    from cluster.evaluate.features import encode_mention_batches
+    from cluster.inputs import BatchBuilder
+    from cluster.train.negatives import refresh_negatives
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    cfg, model_dir, rows, entities = dev
+    cfg.train.hard_negatives, cfg.train.hard_negative_pool = 3, 5
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    feats = shared_entities(model, builder, entities, 32, 0, 1)
+    picked = refresh_negatives(model, builder, rows, feats, cfg.train, 32, epoch=1)
+    vectors = torch.cat([v for _, _, v in encode_mention_batches(model, builder, rows, 32)])
+    top = (vectors @ feats.vectors.T).topk(6, dim=1).indices.tolist()
+    assert list(picked) == [r["mention_id"] for r in rows]
+    for row, hits in zip(rows, top):
+        negatives = picked[row["mention_id"]]
+        pool = [feats.ids[i] for i in hits if feats.ids[i] != row["gold_entity_id"]][:5]
+        assert len(negatives) == 3 and set(negatives) <= set(pool)
