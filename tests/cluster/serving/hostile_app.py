@@ -32,6 +32,8 @@ class HostileApp:
     url: str
     entities: list[dict]
     server: object
+    linker: object
+    loader: object
 
 
 def write_kb(folder: Path, n_plain: int = 12) -> Path:
@@ -47,9 +49,6 @@ def write_kb(folder: Path, n_plain: int = 12) -> Path:
 
 def start_app(tmp: Path, serve_overrides: list[str]) -> HostileApp:
     """Build the quirky KB, index it in-process, serve it with uvicorn on a free port (returns once healthy)."""
-    import httpx
-    import uvicorn
-
     from cluster.artifacts import serving_model_dir
     from cluster.config import load_config
     from cluster.serve.http import create_app
@@ -80,13 +79,22 @@ def start_app(tmp: Path, serve_overrides: list[str]) -> HostileApp:
     entities = entities.to_dicts()
     swap_alias(cfg, index_collection(cfg, model_dir, f"{cfg.milvus.collection}_v1", entities))
     linker = Linker.from_config(cfg)
-    app = create_app(linker, cfg.serve, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
+    loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
+    url, server = serve_http(create_app(linker, cfg.serve, loader))
+    return HostileApp(cfg, url, entities, server, linker, loader)
+
+
+def serve_http(app) -> tuple[str, object]:
+    """Run a FastAPI app with uvicorn in a daemon thread on a free port; (url, server) once /healthz answers."""
+    import httpx
+    import uvicorn
+
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _healthy(httpx, url), timeout_s=60)
-    return HostileApp(cfg, url, entities, server)
+    wait_until(lambda: _healthy(httpx, url), timeout_s=60, what="uvicorn up")
+    return url, server
 
 
 def _healthy(httpx, url: str) -> bool:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cluster.serving.hostile_app import QUIRKY, CountingServer, start_app
+from tests.fixtures import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +172,73 @@ def test_no_ssrf_form_reaches_a_loopback_server_by_default(http):
         assert target.hits == 0 and len(bodies) == 1, bodies
     finally:
         target.close()
+
+
+# -- items 1-2 with fetching on: allow-list, addresses, slow URLs ----------------------------------------------
+@pytest.fixture(scope="module")
+def fetching(app):
+    """A second HTTP app over the same linker with remote fetches on for 127.0.0.1 (private allowed: a test)."""
+    from dataclasses import replace
+
+    from cluster.serve.http import create_app
+    from tests.cluster.serving.hostile_app import serve_http
+
+    serve_cfg = replace(
+        app.cfg.serve,
+        fetch_remote_images=True,
+        fetch_allowed_hosts=["127.0.0.1"],
+        fetch_allow_private=True,
+        fetch_timeout_s=3.0,
+        max_concurrent_fetches=32,
+    )
+    url, server = serve_http(create_app(app.linker, serve_cfg, app.loader))
+    with httpx.Client(base_url=url, timeout=120) as client:
+        yield client
+    server.should_exit = True
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "blue").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_allowed_host_is_fetched_and_others_are_not(fetching):
+    target = CountingServer(png_bytes())
+    try:
+        ok = fetching.post("/link", json={"mention": "x", "image": f"http://127.0.0.1:{target.port}/a.png"})
+        assert ok.status_code == 200 and target.hits == 1, ok.text
+        for uri in ssrf_forms(target.port)[1:]:  # every other spelling is not the listed host
+            if uri.startswith("HTTP://127.0.0.1"):
+                continue  # the listed host itself: the scheme's case does not matter
+            reply = fetching.post("/link", json={"mention": "x", "image": uri})
+            assert (
+                reply.status_code == 400
+                and reply.json()["error"] == "image: cannot fetch an image from this URL"
+            )
+        redirect = f"http://127.0.0.1:{target.port}/redirect?to=http://localhost:{target.port}/a.png"
+        reply = fetching.post("/link", json={"mention": "x", "image": redirect})
+        assert reply.status_code == 400 and target.hits == 2  # the redirect hop to an unlisted host: refused
+    finally:
+        target.close()
+
+
+def test_slow_urls_cannot_starve_health_or_other_requests(fetching):
+    import concurrent.futures
+
+    slow = CountingServer(png_bytes(), slow_s=0.5)  # ~40 s per body: only the total deadline ends it
+    uri = f"http://127.0.0.1:{slow.port}/slow.png"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(33) as pool:
+            futures = [
+                pool.submit(fetching.post, "/link", json={"mention": "x", "image": uri}) for _ in range(32)
+            ]
+            wait_until(lambda: slow.hits >= 32, timeout_s=60, what="32 slow fetches in flight")
+            assert fetching.get("/healthz").status_code == 200
+            assert fetching.post("/link", json={"mention": "Plain 1"}).status_code == 200
+            replies = [f.result() for f in futures]
+        assert {r.status_code for r in replies} == {400}  # each ended by the total deadline, generic message
+    finally:
+        slow.close()
