@@ -42,7 +42,7 @@ def is_public_address(ip: str) -> bool:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return not (
+    return addr.is_global and not (  # is_global also excludes shared space (100.64/10, carrier NAT)
         addr.is_private
         or addr.is_loopback
         or addr.is_link_local

@@ -161,10 +161,11 @@ def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image
 
 
 def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
-    """Folders of the local KB inputs (relative image paths resolve against them); s3:// inputs need none."""
+    """Folders of the local KB inputs (relative image paths resolve against them) and the buckets of s3 ones."""
     roots = []
     for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
-        if is_s3(uri):
+        if is_s3(uri):  # the input's bucket: the operator named it, so its images may come from it
+            roots.append("s3://" + uri[len("s3://") :].split("/", 1)[0])
             continue
         path = Path(uri).expanduser()
         while any(ch in str(path) for ch in "*?["):
