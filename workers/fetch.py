@@ -93,12 +93,12 @@ def fetch(url: str, policy: FetchPolicy, client=None) -> bytes:
                 if resp.status_code != 200:
                     raise OSError(f"HTTP {resp.status_code}")
                 if int(resp.headers.get("content-length") or 0) > policy.max_bytes:
-                    raise FetchRefused(f"over max_bytes={policy.max_bytes}")
+                    raise FetchRefused(f"image is over max_image_bytes={policy.max_bytes}")
                 chunks, total = [], 0
                 for chunk in resp.iter_bytes():  # decoded bytes: a gzip bomb counts at full size
                     total += len(chunk)
                     if total > policy.max_bytes:  # a server may lie about content-length or send none
-                        raise FetchRefused(f"over max_bytes={policy.max_bytes}")
+                        raise FetchRefused(f"image is over max_image_bytes={policy.max_bytes}")
                     _left(deadline)
                     chunks.append(chunk)
                 return b"".join(chunks)

@@ -40,7 +40,7 @@ class ImageLoader:
         if not is_s3(storage_cfg.root):
             roots.append(storage_cfg.root)  # images of the sample KB live under <root>/sample_src/
         self.allowed_roots = sorted({Path(r).expanduser().resolve() for r in roots if r and not is_s3(r)})
-        s3_roots = [*roots, storage_cfg.root]
+        s3_roots = [*roots, s3_bucket(storage_cfg.root) if is_s3(storage_cfg.root) else ""]
         self.allowed_s3_prefixes = sorted({r.rstrip("/") + "/" for r in s3_roots if r and is_s3(r)})
         self.http_policy = FetchPolicy(
             total_s=encoder_cfg.image_timeout_s, max_bytes=encoder_cfg.max_image_bytes
@@ -165,10 +165,15 @@ def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
     roots = []
     for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
         if is_s3(uri):  # the input's bucket: the operator named it, so its images may come from it
-            roots.append("s3://" + uri[len("s3://") :].split("/", 1)[0])
+            roots.append(s3_bucket(uri))
             continue
         path = Path(uri).expanduser()
         while any(ch in str(path) for ch in "*?["):
             path = path.parent
         roots.append(str(path if path.is_dir() else path.parent))
     return roots
+
+
+def s3_bucket(uri: str) -> str:
+    """`s3://bucket/any/key` -> `s3://bucket`: the operator named the bucket, so its images may be read."""
+    return "s3://" + uri[len("s3://") :].split("/", 1)[0]

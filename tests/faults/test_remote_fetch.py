@@ -67,7 +67,7 @@ def test_redirect_count_and_byte_cap(server):
     with pytest.raises(FetchRefused, match="redirects"):
         fetch(loop, FetchPolicy(max_redirects=1))
     assert server.hits == 2
-    with pytest.raises(FetchRefused, match="max_bytes"):
+    with pytest.raises(FetchRefused, match="max_image_bytes"):
         fetch(f"http://127.0.0.1:{server.port}/a", FetchPolicy(max_bytes=100))
     assert len(fetch(f"http://127.0.0.1:{server.port}/a", FetchPolicy())) == 1000
 
