@@ -118,35 +118,40 @@ class ImageLoader:
 
     # -- decoding -------------------------------------------------------------------------------------------
     def decode(self, data: bytes, uri: str = "") -> Image.Image:
-        """Verify, check the pixel count before decoding (bomb guard), then decode and convert to RGB.
+        """`decode_image` under this loader's `max_image_pixels`."""
+        return decode_image(data, self.cfg.max_image_pixels)
 
-        Raises `ImageTooLarge` over the pixel limit and `UndecodableImage` for anything else a decoder throws
-        (PIL raises SyntaxError, struct.error, EOFError, ... on corrupt chunks, not only OSError).
-        """
-        if not data:
-            raise UndecodableImage("empty image file")
-        try:
-            return self._decode(data)
-        except ImageTooLarge:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageTooLarge(f"image is over max_image_pixels={self.cfg.max_image_pixels}") from None
-        except Exception as exc:
-            raise UndecodableImage(f"not a decodable image ({type(exc).__name__})") from None
 
-    def _decode(self, data: bytes) -> Image.Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                probe.verify()  # catches truncated/corrupt files without decoding all pixels
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > self.cfg.max_image_pixels:
-                raise ImageTooLarge(
-                    f"image is {width}x{height} pixels, over max_image_pixels={self.cfg.max_image_pixels}"
-                )
-            img.load()
-        return img.convert("RGB")
+def decode_image(data: bytes, max_image_pixels: int) -> Image.Image:
+    """Verify, check the pixel count before decoding (bomb guard), then decode and convert to RGB.
+
+    The one image decoder (indexing and serving). Raises `ImageTooLarge` over the pixel limit and
+    `UndecodableImage` for anything else a decoder throws (PIL raises SyntaxError, struct.error, EOFError, ...
+    on corrupt chunks, not only OSError).
+    """
+    if not data:
+        raise UndecodableImage("empty image file")
+    try:
+        return _decode(data, max_image_pixels)
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image is over max_image_pixels={max_image_pixels}") from None
+    except Exception as exc:
+        raise UndecodableImage(f"not a decodable image ({type(exc).__name__})") from None
+
+
+def _decode(data: bytes, max_image_pixels: int) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # catches truncated/corrupt files without decoding all pixels
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_image_pixels:
+            raise ImageTooLarge(f"image is {width}x{height} pixels, over max_image_pixels={max_image_pixels}")
+        img.load()
+    return img.convert("RGB")
 
 
 def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image.Image | None], list[str]]:

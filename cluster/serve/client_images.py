@@ -1,6 +1,6 @@
 """A client's `image` value -> a PIL image, or an `ApiError` naming the field that tells a client nothing more.
 
-Decoding is `workers.images.ImageLoader.decode` (one owner: the same pixel limit, `encoder.max_image_pixels`, and
+Decoding is `workers.images.decode_image` (one owner: the same pixel limit, `encoder.max_image_pixels`, and
 the same decoder-failure handling as indexing). What a client may name:
 - base64 or a `data:` URL: decoded; any decoder failure is a 400 naming the field, too many pixels a 413;
 - a local path / `file://`: only under the loader's allowed roots; a path outside them, a missing file and a
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from workers.config import EncoderConfig
 from workers.fetch import FetchPolicy, fetch
-from workers.images import ImageLoader, ImageTooLarge
+from workers.images import ImageLoader, ImageTooLarge, decode_image
 
 REMOTE = re.compile(r"^(s3|https?)://", re.IGNORECASE)
 LOCAL = re.compile(r"^file://", re.IGNORECASE)
@@ -110,7 +110,7 @@ class ClientImages:
 
     def _decode(self, raw: bytes, field: str, message: str):
         try:
-            return self._loader_decode(raw)
+            return decode_image(raw, self.max_pixels)
         except ImageTooLarge:
             raise self.api_error(
                 413, f"{field}: image has more pixels than max_image_pixels", field
@@ -118,22 +118,7 @@ class ClientImages:
         except Exception:
             raise self.api_error(400, message, field) from None
 
-    def _loader_decode(self, raw: bytes):
-        if self.loader is not None:
-            return self.loader.decode(raw)
-        return ImageLoader.decode(_PixelsOnly(self.max_pixels), raw)
-
     def _too_big(self, field: str):
         return self.api_error(
             413, f"{field}: image larger than max_image_bytes ({self.cfg.max_image_bytes})", field
         )
-
-
-class _PixelsOnly:
-    """Stands in for a loader when none is configured: `ImageLoader.decode` reads only `cfg.max_image_pixels`."""
-
-    def __init__(self, max_image_pixels: int):
-        self.cfg = EncoderConfig(max_image_pixels=max_image_pixels)
-
-    def _decode(self, data):
-        return ImageLoader._decode(self, data)
