@@ -10,6 +10,7 @@ text-only (a zero image, as the official code does for missing images; reference
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -20,6 +21,8 @@ from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.storage import Storage, is_s3
 from workers.config import EncoderConfig
 from workers.fetch import FetchPolicy, fetch
+
+REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class ImageTooLarge(ValueError):
@@ -138,7 +141,8 @@ def decode_image(data: bytes, max_image_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"image is over max_image_pixels={max_image_pixels}") from None
     except Exception as exc:
-        raise UndecodableImage(f"not a decodable image ({type(exc).__name__})") from None
+        reason = REPR.sub("", str(exc)).strip()  # PIL names `<_io.BytesIO object at 0x…>`: no addresses
+        raise UndecodableImage(f"not a decodable image: {reason or type(exc).__name__}") from None
 
 
 def _decode(data: bytes, max_image_pixels: int) -> Image.Image:
