@@ -8,6 +8,7 @@ is a 500 with a generic message and the request id; the traceback goes to the re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -134,12 +135,13 @@ def _field_name(loc: tuple) -> str:
 
 
 async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, images: ClientImages) -> list[Any]:
-    """Validated request items -> `MentionQuery` records (images decoded off the event loop)."""
+    """Validated request items -> `MentionQuery` records. Text limits first (cheap); then every item's image is
+    decoded concurrently, off the event loop, so a batch of slow URLs costs one fetch deadline, not the sum;
+    the first failing item (by index) is the error."""
     from cluster.serve.pipeline import MentionQuery, filter_expression
 
-    queries = []
-    for i, item in enumerate(items):
-        where = f"{prefix}{i}." if prefix else ""
+    wheres = [f"{prefix}{i}." if prefix else "" for i in range(len(items))]
+    for item, where in zip(items, wheres):
         for name in ("mention", "context"):
             if len(getattr(item, name)) > serve_cfg.max_text_chars:
                 raise ApiError(
@@ -147,20 +149,28 @@ async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, images: Cli
                     f"{where}{name}: longer than max_text_chars ({serve_cfg.max_text_chars})",
                     f"{where}{name}",
                 )
-        image = None
-        if item.image:
-            image = await images.decode(item.image, f"{where}image")
-        queries.append(
-            MentionQuery(
-                mention=item.mention,
-                context=item.context,
-                image=image,
-                top_k=item.top_k or serve_cfg.top_k,
-                filter_expr=filter_expression(item.filters),
-                explain=item.explain,
-            )
+    decoded = await asyncio.gather(
+        *(_image(images, item.image, f"{where}image") for item, where in zip(items, wheres)),
+        return_exceptions=True,
+    )
+    for image in decoded:
+        if isinstance(image, BaseException):
+            raise image
+    return [
+        MentionQuery(
+            mention=item.mention,
+            context=item.context,
+            image=image,
+            top_k=item.top_k or serve_cfg.top_k,
+            filter_expr=filter_expression(item.filters),
+            explain=item.explain,
         )
-    return queries
+        for item, image in zip(items, decoded)
+    ]
+
+
+async def _image(images: ClientImages, value: str | None, field: str):
+    return await images.decode(value, field) if value else None
 
 
 def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:

@@ -105,16 +105,28 @@ def _healthy(httpx, url: str) -> bool:
 
 
 class CountingServer:
-    """Loopback HTTP server that counts every request; `slow_s` > 0 trickles one byte per `slow_s` seconds;
+    """Loopback HTTP server that counts every request (and the most at once); `slow_s` > 0 trickles one byte per
+    `slow_s` seconds;
     `/redirect?to=URL` answers 302 to URL."""
 
     def __init__(self, body: bytes = b"not an image", slow_s: float = 0.0):
-        self.hits = 0
+        self.hits = self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                outer.hits += 1
+                with lock:
+                    outer.hits += 1
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+
+            def _answer(self):
                 if self.path.startswith("/redirect?to="):
                     self.send_response(302)
                     self.send_header("Location", self.path.split("=", 1)[1])
@@ -137,7 +149,10 @@ class CountingServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default backlog of 5 drops connects when 32 arrive at once
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -188,7 +188,7 @@ def fetching(app):
         fetch_remote_images=True,
         fetch_allowed_hosts=["127.0.0.1"],
         fetch_allow_private=True,
-        fetch_timeout_s=3.0,
+        fetch_timeout_s=8.0,  # long enough for 32 fetches to connect on a loaded CI machine
         max_concurrent_fetches=32,
     )
     url, server = serve_http(create_app(app.linker, serve_cfg, app.loader))
@@ -240,5 +240,17 @@ def test_slow_urls_cannot_starve_health_or_other_requests(fetching):
             assert fetching.post("/link", json={"mention": "Plain 1"}).status_code == 200
             replies = [f.result() for f in futures]
         assert {r.status_code for r in replies} == {400}  # each ended by the total deadline, generic message
+    finally:
+        slow.close()
+
+
+def test_a_batch_of_slow_urls_fetches_them_at_once(fetching):
+    slow = CountingServer(png_bytes(), slow_s=0.5)
+    try:
+        uri = f"http://127.0.0.1:{slow.port}/slow.png"
+        batch = {"mentions": [{"mention": "x", "image": uri} for _ in range(3)]}
+        reply = fetching.post("/link/batch", json=batch)
+        assert reply.status_code == 400 and reply.json()["field"] == "mentions.0.image", reply.text
+        assert slow.hits == 3 and slow.max_in_flight == 3  # one deadline for the batch, not three in a row
     finally:
         slow.close()
