@@ -113,6 +113,17 @@ class ServeConfig:
     max_body_bytes: int = 8_000_000
     checkpoint: str = ""  # model folder to serve; "" = the training run's best
     access_log: bool = True  # one log line per deployment call (the quickstart turns it off)
+    fetch_remote_images: bool = (
+        False  # GET a client's http(s)/s3 image URIs at all (off: 400, nothing fetched)
+    )
+    fetch_allowed_hosts: list[str] = field(default_factory=list)  # exact host names a client's URL may name
+    fetch_allowed_s3_prefixes: list[str] = field(
+        default_factory=list
+    )  # s3://bucket/prefix/ a client may name
+    fetch_allow_private: bool = False  # allow hosts resolving to private/loopback/link-local (tests only)
+    fetch_timeout_s: float = 5.0  # TOTAL per fetch, redirects and every read included
+    fetch_max_redirects: int = 3
+    max_concurrent_fetches: int = 8  # per ingress replica; more in flight: 503 at once, nothing queued
 
 
 @dataclass

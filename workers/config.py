@@ -24,7 +24,7 @@ class EncoderConfig:
         600.0  # fail clearly when no node can hold an encoder actor (autoscaling waits)
     )
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    image_timeout_s: float = 10.0
+    image_timeout_s: float = 10.0  # TOTAL per http(s) image fetch (every read and redirect), not per read
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000  # decompression-bomb guard
     allowed_image_roots: list[str] = field(

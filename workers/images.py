@@ -10,6 +10,7 @@ text-only (a zero image, as the official code does for missing images; reference
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,6 +20,17 @@ from PIL import Image
 from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.storage import Storage, is_s3
 from workers.config import EncoderConfig
+from workers.fetch import FetchPolicy, fetch
+
+REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+class ImageTooLarge(ValueError):
+    """More pixels than `max_image_pixels` (checked before the pixels are decoded)."""
+
+
+class UndecodableImage(ValueError):
+    """No decoder could read the bytes as an image."""
 
 
 class ImageLoader:
@@ -31,6 +43,11 @@ class ImageLoader:
         if not is_s3(storage_cfg.root):
             roots.append(storage_cfg.root)  # images of the sample KB live under <root>/sample_src/
         self.allowed_roots = sorted({Path(r).expanduser().resolve() for r in roots if r and not is_s3(r)})
+        s3_roots = [*roots, s3_bucket(storage_cfg.root) if is_s3(storage_cfg.root) else ""]
+        self.allowed_s3_prefixes = sorted({r.rstrip("/") + "/" for r in s3_roots if r and is_s3(r)})
+        self.http_policy = FetchPolicy(
+            total_s=encoder_cfg.image_timeout_s, max_bytes=encoder_cfg.max_image_bytes
+        )
         self._http = None
 
     @classmethod
@@ -57,6 +74,10 @@ class ImageLoader:
     def read(self, uri: str) -> bytes:
         scheme = urlparse(uri).scheme.lower()
         if is_s3(uri):
+            if not any(uri.startswith(p) for p in self.allowed_s3_prefixes):
+                raise PermissionError(
+                    "s3 URI outside the configured buckets/prefixes (encoder.allowed_image_roots)"
+                )
             data = self.storage.read_bytes(uri)
         elif scheme in ("http", "https"):
             data = self._read_http(uri)
@@ -91,42 +112,50 @@ class ImageLoader:
         return path.read_bytes()
 
     def _read_http(self, uri: str) -> bytes:
+        """KB-side fetch: any host the operator's KB names, under a total deadline and the byte cap."""
         import httpx
 
         if self._http is None:
-            self._http = httpx.Client(timeout=self.cfg.image_timeout_s, follow_redirects=True)
-        cap = self.cfg.max_image_bytes
-        with self._http.stream("GET", uri) as resp:
-            if resp.status_code != 200:
-                raise OSError(f"HTTP {resp.status_code}")
-            declared = int(resp.headers.get("content-length") or 0)
-            if declared > cap:
-                raise ValueError(f"image is {declared} bytes, over max_image_bytes={cap}")
-            chunks, total = [], 0
-            for chunk in resp.iter_bytes():
-                total += len(chunk)
-                if total > cap:  # a server may lie about content-length or send none
-                    raise ValueError(f"image is over max_image_bytes={cap}")
-                chunks.append(chunk)
-        return b"".join(chunks)
+            self._http = httpx.Client(follow_redirects=False)
+        return fetch(uri, self.http_policy, self._http)
 
     # -- decoding -------------------------------------------------------------------------------------------
     def decode(self, data: bytes, uri: str = "") -> Image.Image:
-        """Verify, check the pixel count before decoding (bomb guard), then decode and convert to RGB."""
-        if not data:
-            raise ValueError("empty image file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                probe.verify()  # catches truncated/corrupt files without decoding all pixels
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > self.cfg.max_image_pixels:
-                raise ValueError(
-                    f"image is {width}x{height} pixels, over max_image_pixels={self.cfg.max_image_pixels}"
-                )
-            img.load()
-        return img.convert("RGB")
+        """`decode_image` under this loader's `max_image_pixels`."""
+        return decode_image(data, self.cfg.max_image_pixels)
+
+
+def decode_image(data: bytes, max_image_pixels: int) -> Image.Image:
+    """Verify, check the pixel count before decoding (bomb guard), then decode and convert to RGB.
+
+    The one image decoder (indexing and serving). Raises `ImageTooLarge` over the pixel limit and
+    `UndecodableImage` for anything else a decoder throws (PIL raises SyntaxError, struct.error, EOFError, ...
+    on corrupt chunks, not only OSError).
+    """
+    if not data:
+        raise UndecodableImage("empty image file")
+    try:
+        return _decode(data, max_image_pixels)
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image is over max_image_pixels={max_image_pixels}") from None
+    except Exception as exc:
+        reason = REPR.sub("", str(exc)).strip()  # PIL names `<_io.BytesIO object at 0x…>`: no addresses
+        raise UndecodableImage(f"not a decodable image: {reason or type(exc).__name__}") from None
+
+
+def _decode(data: bytes, max_image_pixels: int) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # catches truncated/corrupt files without decoding all pixels
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_image_pixels:
+            raise ImageTooLarge(f"image is {width}x{height} pixels, over max_image_pixels={max_image_pixels}")
+        img.load()
+    return img.convert("RGB")
 
 
 def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image.Image | None], list[str]]:
@@ -141,13 +170,19 @@ def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image
 
 
 def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
-    """Folders of the local KB inputs (relative image paths resolve against them); s3:// inputs need none."""
+    """Folders of the local KB inputs (relative image paths resolve against them) and the buckets of s3 ones."""
     roots = []
     for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
-        if is_s3(uri):
+        if is_s3(uri):  # the input's bucket: the operator named it, so its images may come from it
+            roots.append(s3_bucket(uri))
             continue
         path = Path(uri).expanduser()
         while any(ch in str(path) for ch in "*?["):
             path = path.parent
         roots.append(str(path if path.is_dir() else path.parent))
     return roots
+
+
+def s3_bucket(uri: str) -> str:
+    """`s3://bucket/any/key` -> `s3://bucket`: the operator named the bucket, so its images may be read."""
+    return "s3://" + uri[len("s3://") :].split("/", 1)[0]

@@ -38,6 +38,25 @@ LITE_INDEXES_ALWAYS = {"FLAT", "AUTOINDEX"}
 LITE_INDEXES_FAISS = {"HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"}
 
 
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+
+
+def milvus_literal(value: str) -> str:
+    """`value` as a Milvus string literal: the one place user or KB text enters an expression.
+
+    Milvus filter templates (`filter_params`) would bind values instead, but Milvus Lite rejects the template
+    syntax (`unexpected character '{'`), so values are quoted here. The parser takes raw UTF-8 and reads only
+    `\\`, `\"`, `\n` and `\r` as escapes; `json.dumps`' `\\uXXXX` escapes are a parse error, hence not JSON.
+    Every other character (NUL, tabs, emoji, RTL marks) goes through as itself.
+    """
+    return '"' + "".join(_LITERAL_ESCAPES.get(ch, ch) for ch in str(value)) + '"'
+
+
+def in_expression(field: str, values: list[str]) -> str:
+    """`field in ["a", "b"]` with every value quoted by `milvus_literal`."""
+    return f"{field} in [{', '.join(milvus_literal(v) for v in values)}]"
+
+
 class DimensionMismatchError(ValueError):
     """Vectors whose dimension differs from the collection's (e.g. a different model against an old index)."""
 
@@ -196,7 +215,7 @@ class MilvusStore:
 
     def delete(self, name: str, ids: list[str]) -> None:
         if ids:
-            self.client.delete(name, ids=[str(i) for i in ids])
+            self.client.delete(name, filter=in_expression("entity_id", [str(i) for i in ids]))
 
     def count(self, name: str | None = None) -> int:
         """Exact row count (count(*) with Strong consistency; deleted and replaced rows are not counted)."""
@@ -210,8 +229,11 @@ class MilvusStore:
         if not ids:
             return []
         fields = OUTPUT_FIELDS + (["vector"] if with_vectors else [])
-        rows = self.client.get(
-            self._ready(collection or self.alias), ids=[str(i) for i in ids], output_fields=fields
+        rows = self.client.query(  # not client.get: it splices ids into an expression unquoted (O'Brien)
+            self._ready(collection or self.alias),
+            filter=in_expression("entity_id", [str(i) for i in ids]),
+            output_fields=fields,
+            consistency_level="Strong",
         )
         by_id = {r["entity_id"]: dict(r) for r in rows}
         return [by_id[str(i)] for i in ids if str(i) in by_id]

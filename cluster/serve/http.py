@@ -2,16 +2,13 @@
 
 Input is checked here, before any model work: unknown fields and wrong JSON types are 422 naming the field
 (pydantic, `extra="forbid"`), oversized text, images, batches and bodies are 413, bad base64 and undecodable
-images are 400, image URIs go through `workers.images.ImageLoader` (allowed roots only). Anything else that fails
+images are 400 (`cluster.serve.client_images`: allowed roots only, remote fetches off by default). Anything else that fails
 is a 500 with a generic message and the request id; the traceback goes to the replica log, never to the client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
 import json
 import logging
 import re
@@ -24,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.serve.client_images import ClientImages
 from cluster.serve.guard import IndexModelMismatch
 from cluster.serve.schemas import (
     BatchLinkRequest,
@@ -35,7 +33,7 @@ from cluster.serve.schemas import (
 )
 
 log = logging.getLogger("mel.api")
-URI_SCHEMES = re.compile(r"^(s3|https?|file)://", re.IGNORECASE)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class ApiError(Exception):
@@ -107,7 +105,8 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, headers: dict, send) -> None:
-        rid = headers.get(b"x-request-id", b"").decode("latin-1") or new_request_id()
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = given if REQUEST_ID.fullmatch(given) else new_request_id()
         body = {
             "error": f"body: request body is larger than max_body_bytes ({self.max_body_bytes})",
             "field": "body",
@@ -135,49 +134,14 @@ def _field_name(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-def decode_image(value: str, field: str, serve_cfg, loader) -> Any:
-    """base64 (or a data: URL) -> PIL image; a URI -> `loader.load(uri)`. Errors name `field`."""
-    from PIL import Image, UnidentifiedImageError
-
-    if URI_SCHEMES.match(value) or (value.startswith(("/", "./", "~")) and "." in value.rsplit("/", 1)[-1]):
-        uri = value[len("file://") :] if value.lower().startswith("file://") else value
-        if loader is None:
-            raise ApiError(400, f"{field}: image URIs are not enabled on this server", field)
-        image, error = loader.load(uri)
-        if image is None:
-            raise ApiError(400, f"{field}: cannot load image URI: {error}", field)
-        return image.convert("RGB")
-    payload = value.split(",", 1)[1] if value.startswith("data:") else value
-    if len(payload) * 3 // 4 > serve_cfg.max_image_bytes:
-        raise ApiError(
-            413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field
-        )
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(
-            400, f"{field}: not valid base64 (nor an s3://, http(s)://, file:// URI)", field
-        ) from None
-    if len(raw) > serve_cfg.max_image_bytes:
-        raise ApiError(
-            413, f"{field}: image larger than max_image_bytes ({serve_cfg.max_image_bytes})", field
-        )
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > 40_000_000:  # decompression-bomb guard before decoding pixels
-                raise ApiError(413, f"{field}: image has too many pixels", field)
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise ApiError(400, f"{field}: not a decodable image", field) from None
-
-
-async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, loader) -> list[Any]:
-    """Validated request items -> `MentionQuery` records (images decoded off the event loop)."""
+async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, images: ClientImages) -> list[Any]:
+    """Validated request items -> `MentionQuery` records. Text limits first (cheap); then every item's image is
+    decoded concurrently, off the event loop, so a batch of slow URLs costs one fetch deadline, not the sum;
+    the first failing item (by index) is the error."""
     from cluster.serve.pipeline import MentionQuery, filter_expression
 
-    queries = []
-    for i, item in enumerate(items):
-        where = f"{prefix}{i}." if prefix else ""
+    wheres = [f"{prefix}{i}." if prefix else "" for i in range(len(items))]
+    for item, where in zip(items, wheres):
         for name in ("mention", "context"):
             if len(getattr(item, name)) > serve_cfg.max_text_chars:
                 raise ApiError(
@@ -185,29 +149,43 @@ async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, loader) -> 
                     f"{where}{name}: longer than max_text_chars ({serve_cfg.max_text_chars})",
                     f"{where}{name}",
                 )
-        image = None
-        if item.image:
-            image = await asyncio.to_thread(decode_image, item.image, f"{where}image", serve_cfg, loader)
-        queries.append(
-            MentionQuery(
-                mention=item.mention,
-                context=item.context,
-                image=image,
-                top_k=item.top_k or serve_cfg.top_k,
-                filter_expr=filter_expression(item.filters),
-                explain=item.explain,
-            )
+    decoded = await asyncio.gather(
+        *(_image(images, item.image, f"{where}image") for item, where in zip(items, wheres)),
+        return_exceptions=True,
+    )
+    for image in decoded:
+        if isinstance(image, BaseException):
+            raise image
+    return [
+        MentionQuery(
+            mention=item.mention,
+            context=item.context,
+            image=image,
+            top_k=item.top_k or serve_cfg.top_k,
+            filter_expr=filter_expression(item.filters),
+            explain=item.explain,
         )
-    return queries
+        for item, image in zip(items, decoded)
+    ]
+
+
+async def _image(images: ClientImages, value: str | None, field: str):
+    return await images.decode(value, field) if value else None
 
 
 def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
     """The FastAPI app (OpenAPI at /docs). `image_loader`: a `workers.images.ImageLoader` or None."""
     app = FastAPI(title="MEL linker", version="1", description="Multimodal entity linking with MMoE.")
+    images = ClientImages(serve_cfg, image_loader, ApiError)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
-        request.state.request_id = request.headers.get("x-request-id") or new_request_id()
+        given = request.headers.get("x-request-id")
+        request.state.request_id = given if given and REQUEST_ID.fullmatch(given) else new_request_id()
+        if given and request.state.request_id != given:
+            return _error(
+                400, "x-request-id: 1-128 ASCII letters, digits or ._:- only", request, "x-request-id"
+            )
         try:
             response = await call_next(request)
         except Exception:
@@ -265,7 +243,7 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
     @app.post("/link", response_model=LinkResponse, response_model_exclude_none=True)
     async def link(body: LinkRequest) -> dict:
         start = time.perf_counter()
-        queries = await to_queries([body], "", serve_cfg, image_loader)
+        queries = await to_queries([body], "", serve_cfg, images)
         (result,) = await backend.link_queries(queries)
         result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
         return result
@@ -277,7 +255,7 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
             raise ApiError(
                 413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})", "mentions"
             )
-        queries = await to_queries(body.mentions, "mentions.", serve_cfg, image_loader)
+        queries = await to_queries(body.mentions, "mentions.", serve_cfg, images)
         results = await backend.link_queries(queries)
         return {"results": results, "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
 
@@ -285,8 +263,10 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
     async def entity(entity_id: str, request: Request):
         row = await backend.entity(entity_id)
         if row is None:
-            return _error(404, f"entity_id: unknown entity {entity_id!r}", request, "entity_id")
-        return row
+            return _error(404, "entity_id: unknown entity", request, "entity_id")
+        # local paths and s3 URIs are the server's storage, not something a client can fetch: only web URLs
+        uris = [u for u in row.get("image_uris") or [] if str(u).lower().startswith(("http://", "https://"))]
+        return {**row, "image_uris": uris}
 
     app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes)  # outermost: before parsing
     return app

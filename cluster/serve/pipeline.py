@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -144,16 +143,18 @@ class MentionQuery:
 
 
 def filter_expression(filters) -> str:
-    """`Filters` -> a Milvus expression; string literals are JSON-quoted so names cannot inject syntax."""
+    """`Filters` -> a Milvus expression; every value is quoted by `milvus_literal`, so none can inject syntax."""
+    from workers.milvus_store import in_expression, milvus_literal
+
     if filters is None:
         return ""
     parts = []
     if filters.has_image is not None:
         parts.append(f"has_image == {'true' if filters.has_image else 'false'}")
     if filters.name is not None:
-        parts.append(f"name == {json.dumps(filters.name)}")
+        parts.append(f"name == {milvus_literal(filters.name)}")
     if filters.entity_ids is not None:
-        parts.append(f"entity_id in {json.dumps(list(filters.entity_ids))}")
+        parts.append(in_expression("entity_id", list(filters.entity_ids)))
     return " and ".join(parts)
 
 

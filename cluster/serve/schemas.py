@@ -7,7 +7,11 @@ models are static and the limits are per deployment.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+MAX_BATCH_CEILING = (
+    1024  # hard ceiling, counted before items are validated; serve.max_batch_mentions above it has no effect
+)
 
 
 class _Strict(BaseModel):
@@ -20,6 +24,17 @@ class Filters(_Strict):
     has_image: StrictBool | None = None  # only entities with (true) or without (false) an image
     name: StrictStr | None = Field(default=None, max_length=512)  # exact entity name
     entity_ids: list[StrictStr] | None = Field(default=None, max_length=1000)  # restrict to these ids
+
+    @field_validator("name", "entity_ids")
+    @classmethod
+    def _utf8(cls, value):
+        """JSON may carry lone surrogates (`"\\ud800"`); Milvus stores UTF-8, so such a value can match nothing."""
+        for text in [value] if isinstance(value, str) else value or []:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not valid Unicode text (lone surrogate)") from None
+        return value
 
 
 class MentionIn(_Strict):
@@ -43,6 +58,14 @@ class BatchLinkRequest(_Strict):
     """`POST /link/batch`: many mentions in one request (at most serve.max_batch_mentions)."""
 
     mentions: list[MentionIn] = Field(min_length=1)
+
+    @field_validator("mentions", mode="before")
+    @classmethod
+    def _count_first(cls, value):
+        """Count before validating items: a million bad items would otherwise build a million errors first."""
+        if isinstance(value, list) and len(value) > MAX_BATCH_CEILING:
+            raise ValueError(f"more than {MAX_BATCH_CEILING} items (the hard ceiling)")
+        return value
 
 
 class UnitScores(BaseModel):

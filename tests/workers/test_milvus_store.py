@@ -112,3 +112,20 @@ def test_a_released_collection_is_loaded_before_reads(tmp_path):
     assert [h.entity_id for h in again.search(np.eye(4)[:1], 3)[0]] != []
     assert [r["entity_id"] for r in again.get(["c", "a"])] == ["c", "a"]
     store.close(release_file=True)
+
+
+def test_ids_with_quotes_backslashes_and_unicode_are_got_searched_and_deleted(store):
+    """Every expression goes through `milvus_literal`; pymilvus' own `get(ids=...)` broke on `O'Brien`."""
+    from workers.milvus_store import in_expression
+
+    odd = ["O'Brien", "ends\\", 'say "hi"', "Café", "😀", "line\nbreak", "nul\x00", "\\n literal"]
+    store.create("ents_v1", 8)
+    store.upsert("ents_v1", rows(odd))
+    assert [r["entity_id"] for r in store.get(odd, collection="ents_v1")] == odd
+    for entity_id in odd:
+        only = store.search(
+            np.ones(8), 10, filter=in_expression("entity_id", [entity_id]), collection="ents_v1"
+        )
+        assert [h.entity_id for h in only[0]] == [entity_id]
+    store.delete("ents_v1", odd[:4])
+    assert store.count("ents_v1") == len(odd) - 4
