@@ -181,7 +181,7 @@ class MentionEncoder:
         with torch.autocast(
             self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
         ):
-            feats = self.model.encode(batch, return_gates=explain)
+            feats = self.model.encode(batch, "mention", return_gates=explain)
         feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
         rows = side_rows(
