@@ -82,8 +82,13 @@ def write_calibration(storage, model_dir: str | Path, checkpoint_uri: str, calib
 
 
 def nil_threshold(serve_cfg, model_dir: str | Path) -> float | None:
-    """serve.nil_threshold, else the calibrated one beside the model, else None (never NIL)."""
+    """The NIL threshold on the best candidate's confidence: serve.nil_threshold, else the calibrated one beside
+    the model, else None (never NIL). A calibration.json from before confidences (a raw-score threshold, no
+    `nil_threshold_unit`) is ignored: its value would be compared against a probability."""
     if serve_cfg.nil_threshold is not None:
         return float(serve_cfg.nil_threshold)
-    value = read_calibration(model_dir).get("nil_threshold")
-    return None if value is None else float(value)
+    calibration = read_calibration(model_dir)
+    value = calibration.get("nil_threshold")
+    if value is None or calibration.get("nil_threshold_unit") != "confidence":
+        return None
+    return float(value)

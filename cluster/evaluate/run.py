@@ -2,8 +2,9 @@
 
 (a) exhaustive: every KB entity scored with the full matcher (the paper's protocol); (b) system: Milvus top-K
 then exact rerank, plus retrieval recall@K. With a DME cache, both again with DME off (reference section 3:
-always report DME on and off). NIL mentions are skipped and counted. A NIL threshold is calibrated on dev and
-written beside the model. Reports go to `<root>/runs/<run>/reports/`.
+always report DME on and off). NIL mentions are skipped and counted. A confidence calibration (temperature,
+NIL logit, NIL threshold in confidence; `cluster.evaluate.calibration`) is fitted on dev and written beside
+the model, with ECE before/after and a reliability diagram in the reports. Reports go to `<root>/runs/<run>/reports/`.
 """
 
 from __future__ import annotations
@@ -42,21 +43,28 @@ class EvalReport:
         from cluster.evaluate.reports import markdown_table
 
         recall = ", ".join(f"{k} {v:.4f}" for k, v in self.recall_at_k.items())
+        c = self.calibration
         return "\n".join(
             [
                 f"{self.split}: {self.mentions} mentions ({self.nil_skipped} NIL skipped), {self.entities} entities, "
                 f"checkpoint {self.checkpoint} ({self.wall_s:.1f}s)",
                 markdown_table(self.tables),
                 f"retrieval recall@{self.retrieve_k}: {recall}",
-                f"NIL threshold: {self.calibration.get('nil_threshold')} ({self.calibration.get('method')})",
+                f"confidence: temperature {c.get('temperature')}, NIL logit {c.get('nil_logit')}, "
+                f"ECE {c.get('ece_before')} -> {c.get('ece_after')} (dev, before -> after calibration)",
+                f"NIL threshold (confidence): {c.get('nil_threshold')} ({c.get('method')}), "
+                f"NIL precision {c.get('nil_precision')}, recall {c.get('nil_recall')}",
                 f"reports: {', '.join(self.report_uris)}",
             ]
         )
 
 
 def calibrate(model, builder, cfg, storage, entities) -> dict:
-    """NIL threshold from dev: top scores of linked and NIL mentions, gold scores (exhaustive protocol)."""
-    from cluster.evaluate.calibration import fit_nil_threshold
+    """Temperature, NIL logit and NIL threshold (in confidence) from dev's top-K scores (exhaustive protocol)."""
+    import torch
+
+    from cluster.evaluate.calibration import calibrate_confidence
+    from cluster.evaluate.protocols import top_k_scores
     from cluster.inputs import linked_mentions, read_dme
     from kb_builder.shards import read_mentions
 
@@ -64,14 +72,17 @@ def calibrate(model, builder, cfg, storage, entities) -> dict:
     linked, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
     linked_ids = set(linked["mention_id"].to_list())
     nil = [
-        dict(r, desc=dme.get(r["mention_id"], ""))
+        dict(r, desc=dme.get(r["mention_id"], ""), gold_entity_id=None)
         for r in read_mentions(storage, cfg.kb.name, "dev").to_dicts()
         if r["mention_id"] not in linked_ids
     ]
+    rows = linked.to_dicts() + nil
     ev = cfg.eval
-    on_linked = exhaustive_ranks(model, builder, linked.to_dicts(), entities, ev.batch_size, ev.entity_chunk)
-    on_nil = exhaustive_ranks(model, builder, nil, entities, ev.batch_size, ev.entity_chunk)
-    return fit_nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
+    scores, gold = top_k_scores(
+        model, builder, rows, entities, cfg.serve.top_k, ev.batch_size, ev.entity_chunk
+    )
+    is_nil = torch.tensor([False] * len(linked) + [True] * len(nil), dtype=torch.bool)
+    return calibrate_confidence(scores, gold, is_nil)
 
 
 def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
@@ -157,6 +168,6 @@ def run_eval(cfg, checkpoint: str = "", split: str = "test") -> EvalReport:
     report = EvalReport(**evaluate(cfg, model_dir, split=split, checkpoint=uri))
     flat = {**report.to_dict(), "nil_threshold": report.calibration.get("nil_threshold")}
     report.report_uris = write_eval_reports(
-        storage, run_dir(storage, cfg.train.run_name), flat, report.tables, split
+        storage, run_dir(storage, cfg.train.run_name), flat, report.tables, split, report.calibration
     )
     return report

@@ -68,8 +68,12 @@ def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
         assert 0.0 <= metrics["hits@1"] <= metrics["hits@3"] <= metrics["hits@20"] <= 1.0
     assert 0.0 < report.recall_at_k["system"] <= 1.0
     calibration = json.loads((model_dir / "calibration.json").read_text())
-    assert isinstance(calibration["nil_threshold"], float)
-    assert "DME off" in report.summary()
+    assert 0.0 <= calibration["nil_threshold"] <= 1.0 and calibration["nil_threshold_unit"] == "confidence"
+    assert calibration["temperature"] > 0 and calibration["candidates_k"] == cfg.serve.top_k
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-6  # fitted on these very dev scores
+    png = [u for u in report.report_uris if u.endswith("reliability.png")]
+    assert len(png) == 1 and storage.read_bytes(png[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "DME off" in report.summary() and "ECE" in report.summary()
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -92,3 +96,27 @@ def test_nil_threshold_maximises_link_vs_nil_accuracy():
     assert no_nil["nil_threshold"] == pytest.approx(
         float(torch.quantile(torch.tensor([5.0, 6.0, 2.5]), 0.05))
     )
+
+
+def test_temperature_and_nil_logit_are_recovered_and_calibrate():
+    """Labels drawn from softmax([s / 4, 10]) over 5 candidates + NIL, half the mentions scoring 12 lower (mostly
+    NIL): the fit finds T ~ 4 and b ~ 10, the calibrated confidences have a far lower ECE than the raw softmax
+    (T = 1 is badly overconfident), and the NIL threshold on confidence catches the low-scoring NILs."""
+    from cluster.evaluate.calibration import calibrate_confidence
+
+    gen = torch.Generator().manual_seed(0)
+    m, k = 4000, 5
+    shift = torch.where(torch.arange(m) % 2 == 0, 0.0, -12.0)[:, None]
+    scores = (40 + shift + 4 * torch.randn(m, k, generator=gen)).sort(dim=1, descending=True).values
+    logits = torch.cat([scores / 4.0, torch.full((m, 1), 10.0)], dim=1)
+    labels = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+    is_nil = labels == k
+    gold = torch.where(is_nil, torch.full_like(labels, -1), labels)
+    out = calibrate_confidence(scores, gold, is_nil)
+    assert out["temperature"] == pytest.approx(4.0, rel=0.1) and out["nil_logit"] == pytest.approx(
+        10.0, abs=0.6
+    )
+    assert out["ece_after"] < 0.03 < 0.1 < out["ece_before"]
+    assert 0.0 < out["nil_threshold"] < 1.0 and out["nil_threshold_unit"] == "confidence"
+    assert out["nil_precision"] > 0.7 and out["nil_recall"] > 0.7
+    assert sum(b["count"] for b in out["reliability_after"]) == m
