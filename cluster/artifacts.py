@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 CALIBRATION_FILE = "calibration.json"  # beside a model: written by `mel eval`, read by serving
+MENTION_RECIPE_FILE = "mention_text.json"  # beside a trained model: how its mention text was built (DME)
 MODEL_CONFIG = "config.json"  # present in every finished MMoE folder (written last)
 
 
@@ -79,6 +80,19 @@ def write_calibration(storage, model_dir: str | Path, checkpoint_uri: str, calib
     (Path(model_dir) / CALIBRATION_FILE).write_bytes(data)
     if checkpoint_uri and checkpoint_uri.rstrip("/") != str(model_dir).rstrip("/"):
         storage.write_bytes(f"{checkpoint_uri.rstrip('/')}/{CALIBRATION_FILE}", data)
+
+
+def write_mention_recipe(storage, model_uri: str, recipe: dict) -> None:
+    """{"dme", "selector", "kb_version"} beside a trained model, so evaluation builds mention text the same way."""
+    storage.write_bytes(
+        f"{model_uri.rstrip('/')}/{MENTION_RECIPE_FILE}", json.dumps(recipe, indent=2).encode()
+    )
+
+
+def read_mention_recipe(model_dir: str | Path) -> dict | None:
+    """The recipe a trained model recorded; None for models from before it (or never trained)."""
+    path = Path(model_dir) / MENTION_RECIPE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def nil_threshold(serve_cfg, model_dir: str | Path) -> float | None:

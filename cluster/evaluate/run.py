@@ -28,6 +28,9 @@ class EvalReport:
     tables: dict[str, dict] = field(default_factory=dict)  # setting -> hits@k, mrr, mean_rank, count
     recall_at_k: dict[str, float] = field(default_factory=dict)  # setting -> gold among the K retrieved
     calibration: dict = field(default_factory=dict)
+    mention_text: dict = field(
+        default_factory=dict
+    )  # {"dme", "selector", "kb_version"} used for the mentions
     report_uris: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -59,16 +62,17 @@ class EvalReport:
         )
 
 
-def calibrate(model, builder, cfg, storage, entities) -> dict:
+def calibrate(model, builder, cfg, storage, entities, recipe: dict | None = None) -> dict:
     """Temperature, NIL logit and NIL threshold (in confidence) from dev's top-K scores (exhaustive protocol)."""
     import torch
 
+    from cluster.dme.enhance import dme_selections
     from cluster.evaluate.calibration import calibrate_confidence
     from cluster.evaluate.protocols import top_k_scores
-    from cluster.inputs import linked_mentions, read_dme
+    from cluster.inputs import linked_mentions
     from kb_builder.shards import read_mentions
 
-    dme = read_dme(storage, cfg.kb.name)
+    dme, _ = dme_selections(cfg, storage, recipe)
     linked, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
     linked_ids = set(linked["mention_id"].to_list())
     nil = [
@@ -87,10 +91,11 @@ def calibrate(model, builder, cfg, storage, entities) -> dict:
 
 def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     """Both protocols (DME on/off) on `split` for the local model folder `model_dir`; a plain dict."""
-    from cluster.artifacts import write_calibration
+    from cluster.artifacts import read_mention_recipe, write_calibration
+    from cluster.dme.enhance import dme_selections
     from cluster.evaluate.features import encode_entities
     from cluster.evaluate.index import ensure_eval_index
-    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions, read_dme
+    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions
     from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -99,7 +104,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     storage = Storage(cfg.storage)
     model, processor = load_pretrained(model_dir)
     builder = BatchBuilder(processor, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
-    dme = read_dme(storage, cfg.kb.name)
+    dme, recipe = dme_selections(cfg, storage, read_mention_recipe(model_dir))
     rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     rows = rows_frame.to_dicts()
     entities = encode_entities(
@@ -137,7 +142,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
             recall[f"system{suffix}"] = float(b.retrieved.float().mean()) if len(rows) else 0.0
     finally:
         store.close(release_file=True)
-    calibration = calibrate(model, builder, cfg, storage, entities)
+    calibration = calibrate(model, builder, cfg, storage, entities, read_mention_recipe(model_dir))
     write_calibration(storage, Path(model_dir), checkpoint, calibration)
     return {
         "split": split,
@@ -149,6 +154,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
         "tables": tables,
         "recall_at_k": recall,
         "calibration": calibration,
+        "mention_text": recipe,
         "wall_s": time.monotonic() - start,
     }
 

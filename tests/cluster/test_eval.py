@@ -52,13 +52,9 @@ def test_exhaustive_and_system_ranks_are_identical_when_k_covers_the_kb(kb):
 
 def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
     from cluster.evaluate.run import run_eval
-    from cluster.inputs import dme_uri, linked_mentions
 
     cfg, storage, model_dir = kb
-    mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
-    desc = mentions["entity_description"].fill_null("")  # an oracle DME: the gold description
-    frame = pl.DataFrame({"mention_id": mentions["mention_id"], "desc": desc})
-    storage.write_bytes(dme_uri(storage, cfg.kb.name), _parquet_bytes(frame))
+    _write_oracle_dme(cfg, storage)
     cfg.eval.retrieve_k = 10
     report = run_eval(cfg, split="test")
     assert set(report.tables) == {"exhaustive", "system", "exhaustive (DME off)", "system (DME off)"}
@@ -76,12 +72,44 @@ def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
     assert "DME off" in report.summary() and "ECE" in report.summary()
 
 
-def _parquet_bytes(frame: pl.DataFrame) -> bytes:
-    import io
+def _write_oracle_dme(
+    cfg, storage, selector: str = "embedding", kb_version: str | None = None
+) -> pl.DataFrame:
+    """An oracle DME cache (the gold description) for dev and test, as `mel dme` would write it."""
+    from cluster.dme.cache import write_cache
+    from cluster.inputs import linked_mentions
+    from kb_builder.shards import read_manifest
 
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    return buf.getvalue()
+    version = kb_version or str(read_manifest(storage, cfg.kb.name)["kb_version"])
+    mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
+    desc = mentions["entity_description"].fill_null("")
+    frame = pl.DataFrame(
+        {
+            "mention_id": mentions["mention_id"],
+            "kb_version": version,
+            "selector": selector,
+            "entity_id": mentions["gold_entity_id"],
+            "desc": desc,
+            "reason": "selected",
+        }
+    )
+    write_cache(storage, cfg.kb.name, frame)
+    return frame
+
+
+def test_one_dme_reader_honours_kb_version_selector_and_the_model_recipe(kb):
+    from cluster.dme.enhance import dme_selections
+
+    cfg, storage, _ = kb
+    _write_oracle_dme(cfg, storage, kb_version="an-older-kb")
+    assert dme_selections(cfg, storage)[0] == {}  # stale: computed against another KB version
+    frame = _write_oracle_dme(cfg, storage, selector="llm")
+    assert dme_selections(cfg, storage)[0] == {}  # stale: another selector than dme.selector
+    descriptions, recipe = dme_selections(cfg, storage, {"dme": True, "selector": "llm", "kb_version": "x"})
+    assert descriptions == dict(zip(frame["mention_id"], frame["desc"])) and recipe["selector"] == "llm"
+    assert recipe["dme"] is True and recipe["kb_version"] != "x"  # the current KB's version
+    off, recipe = dme_selections(cfg, storage, {"dme": False, "selector": "llm", "kb_version": "x"})
+    assert off == {} and recipe["dme"] is False  # a model trained without DME is evaluated without it
 
 
 def test_nil_threshold_maximises_link_vs_nil_accuracy():
