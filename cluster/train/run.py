@@ -114,7 +114,7 @@ def build_trainer(
     """
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
@@ -154,6 +154,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines, not Ray's chatter
         ),
         datasets={"train": ray.data.from_arrow(data["train"].to_arrow())},
+        dataset_config=DataConfig(datasets_to_split=[]),  # every worker slices it by rank: seeded order
     )
 
 
