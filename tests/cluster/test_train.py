@@ -94,6 +94,7 @@ def test_run_reports_exist(trained):
     assert history["step"] == result.steps
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_losses_across_two_workers(trained):
     """Data order (every worker slices one seeded order by rank), init and sampling depend on train.seed only:
     a second run of the same config on CPU repeats every loss exactly."""
