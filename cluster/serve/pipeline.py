@@ -403,8 +403,8 @@ class Linker:
     retrieve_k: int = 50
     threshold: float | None = None  # on the best candidate's confidence
     model_dir: Path = field(default_factory=Path)
-    calibration: dict = field(default_factory=dict)  # calibration.json beside the model ({}: plain softmax)
     tag: str = ""  # model_tag(model_dir); "" skips the index/model check
+    calibration: dict = field(default_factory=dict)  # calibration.json beside the model ({}: plain softmax)
 
     @classmethod
     def from_config(cls, cfg, device: str | None = None) -> Linker:
