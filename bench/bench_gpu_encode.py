@@ -88,7 +88,7 @@ def main() -> None:
         @torch.no_grad()
         def run_mmoe():
             with ctx():
-                f = model.encode(batch)
+                f = model.encode(batch, "entity")
                 model.retrieval_vectors(f)
                 model.entity_cache(f)
 
@@ -103,8 +103,8 @@ def main() -> None:
 
     # exact rerank of K candidates vs exhaustive scoring of N entities, per mention, on this device (bf16 cache)
     with torch.no_grad(), torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
-        m = model.encode(make_batch(32, dev))
-        e = model.encode(make_batch(64, dev))
+        m = model.encode(make_batch(32, dev), "mention")
+        e = model.encode(make_batch(64, dev), "entity")
         ev, ec = model.retrieval_vectors(e), model.entity_cache(e)
     reps = max(1, args.entities // 64)
     big_v = ev.float().repeat(reps, 1)

@@ -115,7 +115,7 @@ def main() -> None:
     model = matcher_model(device)
     vectors, cache = random_entities(args.base, device)
     with torch.inference_mode():
-        m = model.encode(mention_batch(b, device))
+        m = model.encode(mention_batch(b, device), "mention")
 
         def chunks(n: int, size: int):
             for start in range(0, n, size):

@@ -68,7 +68,18 @@ def bench_worker_loop(config: dict) -> dict:
     torch.set_num_threads(int(config["cfg"].train.cpus_per_worker))
     trainer = Trainer(config)
     tc = trainer.cfg.train
-    batches = epoch_batches(trainer.shard, config["rows_per_worker"], tc.batch_size, tc.seed, 0)
+    import ray.train
+
+    context = ray.train.get_context()
+    batches = epoch_batches(
+        trainer.shard,
+        config["rows_per_worker"],
+        tc.batch_size,
+        tc.seed,
+        0,
+        context.get_world_rank(),
+        context.get_world_size(),
+    )
     batches = [b for b in batches if len(b) == tc.batch_size]  # full batches only, as the plain loop
     return {"step_s": timed_steps(trainer.step, batches, config["bench_steps"])}
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 CALIBRATION_FILE = "calibration.json"  # beside a model: written by `mel eval`, read by serving
+MENTION_RECIPE_FILE = "mention_text.json"  # beside a trained model: how its mention text was built (DME)
 MODEL_CONFIG = "config.json"  # present in every finished MMoE folder (written last)
 
 
@@ -81,9 +82,27 @@ def write_calibration(storage, model_dir: str | Path, checkpoint_uri: str, calib
         storage.write_bytes(f"{checkpoint_uri.rstrip('/')}/{CALIBRATION_FILE}", data)
 
 
+def write_mention_recipe(storage, model_uri: str, recipe: dict) -> None:
+    """{"dme", "selector", "kb_version"} beside a trained model, so evaluation builds mention text the same way."""
+    storage.write_bytes(
+        f"{model_uri.rstrip('/')}/{MENTION_RECIPE_FILE}", json.dumps(recipe, indent=2).encode()
+    )
+
+
+def read_mention_recipe(model_dir: str | Path) -> dict | None:
+    """The recipe a trained model recorded; None for models from before it (or never trained)."""
+    path = Path(model_dir) / MENTION_RECIPE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def nil_threshold(serve_cfg, model_dir: str | Path) -> float | None:
-    """serve.nil_threshold, else the calibrated one beside the model, else None (never NIL)."""
+    """The NIL threshold on the best candidate's confidence: serve.nil_threshold, else the calibrated one beside
+    the model, else None (never NIL). A calibration.json from before confidences (a raw-score threshold, no
+    `nil_threshold_unit`) is ignored: its value would be compared against a probability."""
     if serve_cfg.nil_threshold is not None:
         return float(serve_cfg.nil_threshold)
-    value = read_calibration(model_dir).get("nil_threshold")
-    return None if value is None else float(value)
+    calibration = read_calibration(model_dir)
+    value = calibration.get("nil_threshold")
+    if value is None or calibration.get("nil_threshold_unit") != "confidence":
+        return None
+    return float(value)

@@ -106,7 +106,7 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.005
     top_k: int = 10  # candidates returned
     retrieve_k: int = 50  # candidates reranked
-    nil_threshold: float | None = None  # None: never NIL; `mel eval` writes a calibrated value
+    nil_threshold: float | None = None  # on confidence [0,1]; None: the calibrated one, else never NIL
     max_text_chars: int = 2000
     max_image_bytes: int = 5_000_000
     max_batch_mentions: int = 64

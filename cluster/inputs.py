@@ -12,26 +12,11 @@ import random
 
 import polars as pl
 
-DME_COLUMNS = ("mention_id", "desc")
 ENTITY_JOIN_COLUMNS = {
     "name": "entity_name",
     "description": "entity_description",
     "image_uris": "entity_images",
 }
-
-
-def dme_uri(storage, kb_name: str) -> str:
-    """Where the DME job leaves its per-mention description choices (reference section 3)."""
-    return storage.join("dme", kb_name, "selections.parquet")
-
-
-def read_dme(storage, kb_name: str) -> dict[str, str]:
-    """mention_id -> chosen description; {} when no DME cache exists (DME off)."""
-    uri = dme_uri(storage, kb_name)
-    if not storage.exists(uri):
-        return {}
-    frame = pl.read_parquet(storage.local_path(uri), columns=list(DME_COLUMNS))
-    return {m: d or "" for m, d in zip(frame["mention_id"].to_list(), frame["desc"].to_list())}
 
 
 def linked_mentions(

@@ -18,15 +18,15 @@ Pure PyTorch + transformers; no Ray, Milvus, polars or boto3; local paths only. 
 
 Deviations from the official code (each explained where it lives): a per-token gate (``experts``), padding
 masks (``intra``, ``inter``, ``experts``), no batch-normalised gates (``experts``), a symmetric tanh gate in
-the cross unit (``inter``), duplicate-gold masking in the loss (``losses``). ``gate: reference`` reproduces
+the cross unit (``inter``; reference mode keeps the official mention/entity asymmetry), duplicate-gold masking in the loss (``losses``). ``gate: reference`` reproduces
 the official gate for the paper's exhaustive protocol only.
 
 Usage::
 
     model, processor = load_pretrained("runs/mmoe/best")                # or build_tiny_model(tiny, cfg, corpus)
-    e = model.encode(processor(entity_texts, entity_images))            # once per KB shard
+    e = model.encode(processor(entity_texts, entity_images), "entity")          # once per KB shard
     vectors, cache = model.retrieval_vectors(e), model.entity_cache(e)  # -> Milvus (IP) + feature cache
-    m = model.encode(processor(mention_texts, mention_images), return_gates=True)
+    m = model.encode(processor(mention_texts, mention_images), "mention", return_gates=True)
     # retrieve top-K by <u_m, u_e> in the index, then the exact score of those K:
     out = model.score_candidates(m, vectors[top_k_ids], {k: v[top_k_ids] for k, v in cache.items()})
     out.scores, out.text, out.image, out.cross, expert_usage(m)          # [B,K] each; gate summary

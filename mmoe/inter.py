@@ -9,20 +9,26 @@ g = tanh(Linear(ctx)), out = LayerNorm(text_cls_proj * g + ctx); image -> text s
 Each side yields two vectors, and S_cross = (<m_ti, e_ti> + <m_it, e_it>) / 2 is an inner product, so both
 vectors go into the retrieval vector (reference section 2).
 
-Deviations from the official code: padded text tokens are masked out of the image -> text attention and the
-MoE statistics; the tanh gate reads the attended context on both sides (the official code gates entities by
-the context but mentions by the un-MoE'd cls, an asymmetry we do not keep).
+The official code's tanh gate differs by side: entities gate with the attended context, g = tanh(Linear(ctx)),
+mentions with the projected cls taken before the MoE, g = tanh(Linear(text_cls_proj)) (image -> text likewise
+with image_cls_proj). ``gate: reference`` reproduces that asymmetry, so ``encode`` takes the ``side`` it
+encodes. With ``gate: token`` (our default) both sides gate with the context, a documented deviation, and
+padded text tokens are masked out of the image -> text attention and the MoE statistics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from mmoe.config import MMoEConfig
 from mmoe.experts import SwitchMoE
+
+Side = Literal["mention", "entity"]
+SIDES = ("mention", "entity")
 
 
 @dataclass
@@ -45,13 +51,25 @@ class CrossUnit(nn.Module):
         self.moe = SwitchMoE(d, d, config)
         self.gate_fc = nn.Linear(d, 1)
         self.norm = nn.LayerNorm(d)
+        self.reference = config.gate == "reference"
 
-    def attend(self, cls_moe: Tensor, tokens: Tensor, mask: Tensor, cls_proj: Tensor) -> Tensor:
-        """cls_moe [B,d] attends over tokens [B,S,d] (no scaling, as the official code), tanh-gated residual."""
+    def gate_reads_cls(self, side: Side) -> bool:
+        """True where the tanh gate reads the pre-MoE projected cls: the mention side in reference mode."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return self.reference and side == "mention"
+
+    def attend(
+        self, cls_moe: Tensor, tokens: Tensor, mask: Tensor, cls_proj: Tensor, gate_on_cls: bool = False
+    ) -> Tensor:
+        """cls_moe [B,d] attends over tokens [B,S,d] (no scaling, as the official code), tanh-gated residual.
+
+        The gate reads the context ctx [B,d], or cls_proj [B,d] when ``gate_on_cls`` (official mention side).
+        """
         att = torch.einsum("bd,bsd->bs", cls_moe, tokens)  # [B,S]
         att = att.masked_fill(~mask, torch.finfo(att.dtype).min).softmax(-1)
         ctx = torch.einsum("bs,bsd->bd", att, tokens)  # [B,d]
-        gate = torch.tanh(self.gate_fc(ctx))  # [B,1]
+        gate = torch.tanh(self.gate_fc(cls_proj if gate_on_cls else ctx))  # [B,1]
         return self.norm(cls_proj * gate + ctx)  # [B,d]
 
     def encode(
@@ -61,6 +79,7 @@ class CrossUnit(nn.Module):
         text_mask: Tensor,
         image_cls: Tensor,
         image_tokens: Tensor,
+        side: Side,
     ) -> CrossSide:
         if text_tokens.shape[1] != image_tokens.shape[1]:
             raise ValueError(
@@ -78,7 +97,8 @@ class CrossUnit(nn.Module):
         moe_a = self.moe(a, gate_input=b, mask=a_mask)
         moe_b = self.moe(b, gate_input=a, mask=b_mask)
         ha, hb = moe_a.hidden_states, moe_b.hidden_states  # [B,1+V,d], [B,1+L,d]
-        text_image = self.attend(ha[:, 0], ha[:, 1:], a_mask[:, 1:], tc)
-        image_text = self.attend(hb[:, 0], hb[:, 1:], b_mask[:, 1:], ic)
+        on_cls = self.gate_reads_cls(side)
+        text_image = self.attend(ha[:, 0], ha[:, 1:], a_mask[:, 1:], tc, on_cls)
+        image_text = self.attend(hb[:, 0], hb[:, 1:], b_mask[:, 1:], ic, on_cls)
         aux = (moe_a.aux_loss + moe_b.aux_loss) / 2
         return CrossSide(text_image, image_text, aux, moe_a.gate_weights, moe_b.gate_weights)

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from transformers import CLIPConfig
 
 from mmoe.config import MMoEConfig
-from mmoe.features import CLIPFeatures, zero_missing_pixels
-from mmoe.inter import CrossSide, CrossUnit
+from mmoe.features import BackboneFeatures, CLIPFeatures, zero_missing_pixels
+from mmoe.inter import CrossSide, CrossUnit, Side
 from mmoe.intra import IntraSide, IntraUnit
 from mmoe.processor import check_text_length
 
@@ -103,22 +103,39 @@ class MMoEModel(nn.Module):
             )
 
     # -- one side --------------------------------------------------------------------------------------------
-    def encode(self, batch: dict[str, Tensor], return_gates: bool = False) -> SideFeatures:
-        """Features of one side (mentions or entities share the backbone and every MoE)."""
+    def backbone(self, batch: dict[str, Tensor]) -> BackboneFeatures:
+        """CLIP features of one batch: per record, independent of the batch (the gates come later)."""
         image_mask = batch.get("image_mask")
         if image_mask is None:
             image_mask = torch.ones(
                 batch["input_ids"].shape[0], dtype=torch.bool, device=batch["input_ids"].device
             )
         pixels = zero_missing_pixels(batch["pixel_values"], image_mask)
-        f = self.features(batch["input_ids"], batch["attention_mask"], pixels, image_mask)
+        return self.features(batch["input_ids"], batch["attention_mask"], pixels, image_mask)
+
+    def encode(self, batch: dict[str, Tensor], side: Side, return_gates: bool = False) -> SideFeatures:
+        """Features of one side: `backbone` then `match_features` (both sides share the backbone and MoEs).
+
+        ``side`` ("mention" or "entity") matters with ``gate: reference`` only, where the cross unit's tanh gate
+        reads different inputs on the two sides as the official code does (mmoe.inter).
+        """
+        return self.match_features(self.backbone(batch), side, return_gates)
+
+    def match_features(self, f: BackboneFeatures, side: Side, return_gates: bool = False) -> SideFeatures:
+        """The MoE units on already-encoded backbone features of one batch of one side.
+
+        Apart from `backbone` so that the reference protocol computes CLIP features once per record and
+        re-runs only the batch-dependent MoE per tile.
+        """
         text_mask = torch.ones_like(f.text_mask) if self.reference_gate else f.text_mask  # [B,L]
         image_mask_tokens = torch.ones(
             f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device
         )
         text = self.text_unit.encode(f.text_cls, f.text_tokens, text_mask)
         image = self.image_unit.encode(f.image_cls, f.image_tokens, image_mask_tokens)
-        cross = self.cross_unit.encode(f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens)
+        cross = self.cross_unit.encode(
+            f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens, side
+        )
         gates = None
         if return_gates:
             gates = {
@@ -236,4 +253,4 @@ class MMoEModel(nn.Module):
 
     def forward(self, mention_batch: dict[str, Tensor], entity_batch: dict[str, Tensor]) -> ScoreOutput:
         """Training path: encode both sides, score every mention against every entity -> [B,N] + aux_loss."""
-        return self.score(self.encode(mention_batch), self.encode(entity_batch))
+        return self.score(self.encode(mention_batch, "mention"), self.encode(entity_batch, "entity"))

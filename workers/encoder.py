@@ -128,7 +128,7 @@ class EntityEncoder:
                 for k, v in inputs.items()
             }
         with torch.inference_mode(), self._autocast():
-            f = self.model.encode(batch)
+            f = self.model.encode(batch, "entity")
             vectors = self.model.retrieval_vectors(f).float()  # [B,D]
             cache = self.model.entity_cache(f)
         out = {}
@@ -193,7 +193,7 @@ class EntityEncoder:
                 images.append(self.loader.load(row.get("image_uri"))[0] if self.loader else None)
         batch = {k: v.to(self.device) for k, v in self.processor(texts, images).items()}
         with torch.inference_mode(), self._autocast():
-            f = self.model.encode(batch)
+            f = self.model.encode(batch, "mention")
         f = _to_float32(f)
         return f, self.model.retrieval_vectors(f)
 

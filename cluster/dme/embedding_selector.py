@@ -17,7 +17,7 @@ MEMO_MAX_ENTRIES = 200_000  # ~50 MB of fp32 at 64 dims; cleared between batches
 
 
 def text_embedding(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`model.encode(batch).text_cls` [B, P] computed by the CLIP text tower alone.
+    """`model.encode(batch, side).text_cls` [B, P] computed by the CLIP text tower alone.
 
     text_cls depends only on the text (reference section 1: LayerNorm of the projected, L2-normalised EOS
     token), so skipping the vision tower and the MoE units gives the same numbers several times faster.
@@ -26,7 +26,7 @@ def text_embedding(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     features = getattr(model, "features", None)
     clip, norm = getattr(features, "clip", None), getattr(features, "text_cls_norm", None)
     if clip is None or norm is None:
-        return model.encode(batch).text_cls
+        return model.encode(batch, "mention").text_cls  # text_cls is side-independent
     out = clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     embeds = out if isinstance(out, torch.Tensor) else out.pooler_output  # [B, P] projected EOS token
     return norm(embeds / embeds.norm(dim=-1, keepdim=True))

@@ -15,13 +15,18 @@ from cluster.dme.selectors import Selection, Selector
 
 
 def load_descriptions(
-    storage, kb_name: str, kb_version: str | None = None, missing_ok: bool = False
+    storage,
+    kb_name: str,
+    kb_version: str | None = None,
+    missing_ok: bool = False,
+    selector: str | None = None,
 ) -> dict[str, str]:
     """mention_id -> chosen description from `<root>/dme/<kb_name>/selections.parquet`.
 
-    `kb_version` keeps only rows computed for that KB version (None: all rows), so descriptions chosen
-    against an older KB are not used. Mentions absent from the result have no description: read them with
-    `.get(mention_id, "")`. Without a cache: {} if `missing_ok`, else FileNotFoundError naming the fix.
+    `kb_version` / `selector` keep only rows computed for that KB version and by that selector (None: all
+    rows), so descriptions chosen against an older KB or by another selector are not used. Mentions absent
+    from the result have no description: read them with `.get(mention_id, "")`. Without a cache: {} if
+    `missing_ok`, else FileNotFoundError naming the fix.
     """
     if not storage.exists(cache_uri(storage, kb_name)):
         if missing_ok:
@@ -30,7 +35,28 @@ def load_descriptions(
     frame = read_cache(storage, kb_name)
     if kb_version is not None:
         frame = frame.filter(frame["kb_version"] == kb_version)
+    if selector is not None:
+        frame = frame.filter(frame["selector"] == selector)
     return dict(zip(frame["mention_id"].to_list(), frame["desc"].fill_null("").to_list()))
+
+
+def dme_selections(cfg, storage, recipe: dict | None = None) -> tuple[dict[str, str], dict]:
+    """The one reader training, evaluation and bench-paper use: (mention_id -> desc, mention-text recipe).
+
+    Only rows of the current KB version and of the configured `dme.selector` count (stale ones are ignored,
+    `mel dme` recomputes them). The recipe {"dme", "selector", "kb_version"} says how mention text was built;
+    training stores it beside the model (`cluster.artifacts.write_mention_recipe`). Given a model's `recipe`,
+    its DME choice and selector win over the config, so the model sees text built the way it was trained.
+    """
+    from kb_builder.shards import read_manifest
+
+    kb_version = str(read_manifest(storage, cfg.kb.name)["kb_version"])
+    selector = recipe["selector"] if recipe else cfg.dme.selector
+    descriptions = {}
+    if selector != "none" and (recipe is None or recipe.get("dme")):
+        descriptions = load_descriptions(storage, cfg.kb.name, kb_version, missing_ok=True, selector=selector)
+    recipe = {"dme": bool(descriptions), "selector": selector, "kb_version": kb_version}
+    return descriptions, recipe
 
 
 def select_within_budget(

@@ -57,7 +57,7 @@ def encode_entities(
     vectors, caches, has_image = [], [], []
     for start in range(0, len(rows), batch_size):
         inputs = builder.entities(rows[start : start + batch_size])
-        feats = model.encode(inputs)
+        feats = model.encode(inputs, "entity")
         vectors.append(model.retrieval_vectors(feats).float())
         caches.append({k: as_float(v) for k, v in model.entity_cache(feats).items()})
         has_image.append(inputs["image_mask"])
@@ -87,7 +87,9 @@ def encode_mention_batches(
     model.eval()
     try:
         for start in range(0, len(rows), batch_size):
-            feats = model.encode(builder.mentions(rows[start : start + batch_size], use_dme=use_dme))
+            feats = model.encode(
+                builder.mentions(rows[start : start + batch_size], use_dme=use_dme), "mention"
+            )
             yield start, feats, model.retrieval_vectors(feats).float()
             progress.update(len(rows[start : start + batch_size]))
     finally:

@@ -69,6 +69,45 @@ def exhaustive_ranks(
     return RankResult(torch.cat(ranks), torch.cat(gold_scores), top_ids, top_scores=torch.cat(top_scores))
 
 
+def top_k_scores(
+    model,
+    builder: BatchBuilder,
+    rows: list[dict],
+    entities: EntityFeatures,
+    k: int,
+    batch_size: int,
+    entity_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every mention against every entity, keeping the K best: (scores [M,K] best first, gold position [M]).
+
+    The gold position is -1 for NIL rows and for golds outside the K (confidence calibration's input).
+    """
+    net = bare(model)
+    position = entities.index_of()
+    n = len(entities.ids)
+    k = min(k, n)
+    all_scores, all_gold = [], []
+    with torch.no_grad():
+        for start, feats, _ in encode_mention_batches(model, builder, rows, batch_size):
+            gold = torch.tensor(
+                [position.get(r.get("gold_entity_id") or "", -1) for r in rows[start : start + batch_size]]
+            )  # [B]
+            best_s = torch.full((gold.shape[0], 0), float("-inf"))
+            best_i = torch.zeros((gold.shape[0], 0), dtype=torch.long)
+            for lo in range(0, n, entity_chunk):
+                index = torch.arange(lo, min(lo + entity_chunk, n))
+                vectors, cache = entities.rows(index)
+                s = net.score_shared(feats, vectors, cache).scores.float().cpu()  # [B,C]
+                best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+                best_i = torch.cat([best_i, index.expand(gold.shape[0], -1)], 1).gather(1, pick)
+            hit = best_i == gold[:, None]  # [B,K]
+            all_gold.append(torch.where(hit.any(1) & (gold >= 0), hit.float().argmax(1), -1))
+            all_scores.append(best_s)
+    if not all_scores:
+        return torch.zeros(0, k), torch.zeros(0, dtype=torch.long)
+    return torch.cat(all_scores), torch.cat(all_gold)
+
+
 def system_ranks(
     model,
     builder: BatchBuilder,

@@ -3,7 +3,7 @@
 The official gate normalises over the batch, so a record's features depend on the records beside it and nothing
 can be cached or retrieved by ANN. We run the official code's tiles instead: 20 mentions x 6,000 entities, the
 CLIP backbone features of every entity computed once and kept, the MoE matcher recomputed on both sides for
-every tile, `model.score(m_tile, e_tile)`. Training's dev evaluation and `mel bench-paper` both use it.
+every tile, `model.score(m_tile, e_tile)` on `model.match_features` of each side. Training's dev evaluation and `mel bench-paper` both use it.
 """
 
 from __future__ import annotations
@@ -18,34 +18,8 @@ OFFICIAL_MENTION_TILE = 20  # mentions per tile in the official evaluation
 OFFICIAL_ENTITY_TILE = 6000  # entities per tile (and per batch-normalised gate) in the official evaluation
 
 
-def match_features(model, f):
-    """SideFeatures from backbone features: the second half of `MMoEModel.encode` (MoE units on this batch).
-
-    Kept apart so that the batch-independent CLIP features are computed once per record while the
-    batch-dependent MoE runs per tile, as the official evaluation does.
-    """
-    from mmoe.model import SideFeatures
-
-    text_mask = torch.ones_like(f.text_mask) if model.reference_gate else f.text_mask  # [B,L]
-    image_mask = torch.ones(f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device)  # [B,V]
-    text = model.text_unit.encode(f.text_cls, f.text_tokens, text_mask)
-    image = model.image_unit.encode(f.image_cls, f.image_tokens, image_mask)
-    cross = model.cross_unit.encode(f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens)
-    aux = (text.aux_loss + image.aux_loss + cross.aux_loss) / 3
-    return SideFeatures(f.text_cls, f.image_cls, text, image, cross, f.has_image, aux)
-
-
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def backbone_features(model, inputs: dict):
-    """CLIP features of one batch (independent of the other records: the gate comes later)."""
-    from mmoe.features import zero_missing_pixels
-
-    pixels = zero_missing_pixels(inputs["pixel_values"], inputs["image_mask"])
-    return model.features(inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_mask"])
 
 
 @torch.no_grad()
@@ -59,7 +33,7 @@ def entity_backbone(
     meter = Progress(label, len(entity_rows), "entities", enabled=bool(label), every_s=5.0)
     parts = []
     for i in range(0, len(entity_rows), batch_size):
-        parts.append(backbone_features(model, _to(builder.entities(entity_rows[i : i + batch_size]), device)))
+        parts.append(model.backbone(_to(builder.entities(entity_rows[i : i + batch_size]), device)))
         meter.update(len(entity_rows[i : i + batch_size]))
     meter.done()
     if not parts:
@@ -92,10 +66,10 @@ def tile_scores(
     meter = Progress(label, len(rows), "mentions", enabled=bool(label), every_s=5.0)
     for start in range(0, len(rows), mention_tile):
         inputs = _to(builder.mentions(rows[start : start + mention_tile], use_dme=use_dme), device)
-        m = match_features(model, backbone_features(model, inputs))
+        m = model.match_features(model.backbone(inputs), "mention")
         chunks = []
         for lo in range(0, n, entity_tile):
-            e = match_features(model, select_rows(entities, slice(lo, min(lo + entity_tile, n))))
+            e = model.match_features(select_rows(entities, slice(lo, min(lo + entity_tile, n))), "entity")
             chunks.append(model.score(m, e).scores.float().cpu())  # [b, tile]
         meter.update(len(rows[start : start + mention_tile]))
         yield start, torch.cat(chunks, dim=1)  # [b, N]

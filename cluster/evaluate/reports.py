@@ -91,14 +91,51 @@ def write_training_reports(storage, run_uri: str, history) -> list[str]:
     return uris
 
 
-def write_eval_reports(storage, run_uri: str, report: dict, tables: dict[str, dict], split: str) -> list[str]:
-    """metrics.json (everything) and metrics.md (the paper-layout table) under the run's reports folder."""
+def plot_reliability(calibration: dict) -> bytes:
+    """Reliability diagram: accuracy of the best candidate per confidence bin, before and after calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for key, label in (("before", "raw softmax"), ("after", "calibrated")):
+        bins = calibration.get(f"reliability_{key}") or []
+        ece = calibration.get(f"ece_{key}")
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            lw=1,
+            label=f"{label} (ECE {ece:.3f})" if ece is not None else label,
+        )
+    ax.set(xlabel="confidence of the best candidate", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title("reliability (dev)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def write_eval_reports(
+    storage, run_uri: str, report: dict, tables: dict[str, dict], split: str, calibration: dict | None = None
+) -> list[str]:
+    """metrics.json (everything), metrics.md (the paper-layout table) and, with a calibration,
+    reliability.png under the run's reports folder."""
     base = f"{run_uri.rstrip('/')}/{REPORTS_DIR}"
     md = [f"# Evaluation ({split} split)", "", markdown_table(tables), ""]
     for key in ("checkpoint", "entities", "mentions", "nil_skipped", "retrieve_k", "nil_threshold"):
         if key in report:
             md.append(f"- {key}: {report[key]}")
+    for key in ("temperature", "nil_logit", "ece_before", "ece_after", "nil_precision", "nil_recall"):
+        if calibration and key in calibration:
+            md.append(f"- {key}: {calibration[key]}")
     uris = [f"{base}/metrics.json", f"{base}/metrics.md"]
     write_json(storage, uris[0], report)
     storage.write_bytes(uris[1], ("\n".join(md) + "\n").encode())
+    if calibration:
+        uris.append(f"{base}/reliability.png")
+        storage.write_bytes(uris[-1], plot_reliability(calibration))
     return uris

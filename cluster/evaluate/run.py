@@ -2,8 +2,9 @@
 
 (a) exhaustive: every KB entity scored with the full matcher (the paper's protocol); (b) system: Milvus top-K
 then exact rerank, plus retrieval recall@K. With a DME cache, both again with DME off (reference section 3:
-always report DME on and off). NIL mentions are skipped and counted. A NIL threshold is calibrated on dev and
-written beside the model. Reports go to `<root>/runs/<run>/reports/`.
+always report DME on and off). NIL mentions are skipped and counted. A confidence calibration (temperature,
+NIL logit, NIL threshold in confidence; `cluster.evaluate.calibration`) is fitted on dev and written beside
+the model, with ECE before/after and a reliability diagram in the reports. Reports go to `<root>/runs/<run>/reports/`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class EvalReport:
     tables: dict[str, dict] = field(default_factory=dict)  # setting -> hits@k, mrr, mean_rank, count
     recall_at_k: dict[str, float] = field(default_factory=dict)  # setting -> gold among the K retrieved
     calibration: dict = field(default_factory=dict)
+    mention_text: dict = field(
+        default_factory=dict
+    )  # {"dme", "selector", "kb_version"} used for the mentions
     report_uris: list[str] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -42,55 +46,56 @@ class EvalReport:
         from cluster.evaluate.reports import markdown_table
 
         recall = ", ".join(f"{k} {v:.4f}" for k, v in self.recall_at_k.items())
+        c = self.calibration
         return "\n".join(
             [
                 f"{self.split}: {self.mentions} mentions ({self.nil_skipped} NIL skipped), {self.entities} entities, "
                 f"checkpoint {self.checkpoint} ({self.wall_s:.1f}s)",
                 markdown_table(self.tables),
                 f"retrieval recall@{self.retrieve_k}: {recall}",
-                f"NIL threshold: {self.calibration.get('nil_threshold')} ({self.calibration.get('method')})",
+                f"confidence: temperature {c.get('temperature')}, NIL logit {c.get('nil_logit')}, "
+                f"ECE {c.get('ece_before')} -> {c.get('ece_after')} (dev, before -> after calibration)",
+                f"NIL threshold (confidence): {c.get('nil_threshold')} ({c.get('method')}), "
+                f"NIL precision {c.get('nil_precision')}, recall {c.get('nil_recall')}",
                 f"reports: {', '.join(self.report_uris)}",
             ]
         )
 
 
-def calibrate(model, builder, cfg, storage, entities) -> dict:
-    """NIL threshold from dev: top scores of linked and NIL mentions, gold scores (exhaustive protocol)."""
-    from cluster.evaluate.calibration import fit_nil_threshold
-    from cluster.inputs import linked_mentions, read_dme
+def calibrate(model, builder, cfg, storage, entities, recipe: dict | None = None) -> dict:
+    """Temperature, NIL logit and NIL threshold (in confidence) from dev's top-K scores (exhaustive protocol)."""
+    import torch
+
+    from cluster.dme.enhance import dme_selections
+    from cluster.evaluate.calibration import calibrate_confidence
+    from cluster.evaluate.protocols import top_k_scores
+    from cluster.inputs import linked_mentions
     from kb_builder.shards import read_mentions
 
-    dme = read_dme(storage, cfg.kb.name)
+    dme, _ = dme_selections(cfg, storage, recipe)
     linked, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
     linked_ids = set(linked["mention_id"].to_list())
     nil = [
-        dict(r, desc=dme.get(r["mention_id"], ""))
+        dict(r, desc=dme.get(r["mention_id"], ""), gold_entity_id=None)
         for r in read_mentions(storage, cfg.kb.name, "dev").to_dicts()
         if r["mention_id"] not in linked_ids
     ]
+    rows = linked.to_dicts() + nil
     ev = cfg.eval
-    on_linked = exhaustive_ranks(
-        model,
-        builder,
-        linked.to_dicts(),
-        entities,
-        ev.batch_size,
-        ev.entity_chunk,
-        True,
-        "calibration linked",
+    scores, gold = top_k_scores(
+        model, builder, rows, entities, cfg.serve.top_k, ev.batch_size, ev.entity_chunk
     )
-    on_nil = exhaustive_ranks(
-        model, builder, nil, entities, ev.batch_size, ev.entity_chunk, True, "calibration NIL"
-    )
-    return fit_nil_threshold(on_linked.top_scores, on_linked.gold_scores, on_nil.top_scores)
+    is_nil = torch.tensor([False] * len(linked) + [True] * len(nil), dtype=torch.bool)
+    return calibrate_confidence(scores, gold, is_nil)
 
 
 def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     """Both protocols (DME on/off) on `split` for the local model folder `model_dir`; a plain dict."""
-    from cluster.artifacts import write_calibration
+    from cluster.artifacts import read_mention_recipe, write_calibration
+    from cluster.dme.enhance import dme_selections
     from cluster.evaluate.features import encode_entities
     from cluster.evaluate.index import ensure_eval_index
-    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions, read_dme
+    from cluster.inputs import BatchBuilder, entity_rows, linked_mentions
     from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -99,7 +104,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     storage = Storage(cfg.storage)
     model, processor = load_pretrained(model_dir)
     builder = BatchBuilder(processor, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
-    dme = read_dme(storage, cfg.kb.name)
+    dme, recipe = dme_selections(cfg, storage, read_mention_recipe(model_dir))
     rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     rows = rows_frame.to_dicts()
     entities = encode_entities(
@@ -137,7 +142,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
             recall[f"system{suffix}"] = float(b.retrieved.float().mean()) if len(rows) else 0.0
     finally:
         store.close(release_file=True)
-    calibration = calibrate(model, builder, cfg, storage, entities)
+    calibration = calibrate(model, builder, cfg, storage, entities, read_mention_recipe(model_dir))
     write_calibration(storage, Path(model_dir), checkpoint, calibration)
     return {
         "split": split,
@@ -149,6 +154,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
         "tables": tables,
         "recall_at_k": recall,
         "calibration": calibration,
+        "mention_text": recipe,
         "wall_s": time.monotonic() - start,
     }
 
@@ -168,6 +174,6 @@ def run_eval(cfg, checkpoint: str = "", split: str = "test") -> EvalReport:
     report = EvalReport(**evaluate(cfg, model_dir, split=split, checkpoint=uri))
     flat = {**report.to_dict(), "nil_threshold": report.calibration.get("nil_threshold")}
     report.report_uris = write_eval_reports(
-        storage, run_dir(storage, cfg.train.run_name), flat, report.tables, split
+        storage, run_dir(storage, cfg.train.run_name), flat, report.tables, split, report.calibration
     )
     return report

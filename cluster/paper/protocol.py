@@ -98,7 +98,8 @@ class ProtocolRun:
 
 # -- the runs bench-paper measures --------------------------------------------------------------------------
 def _inputs(cfg, model_dir, split: str, device: str = "cpu"):
-    from cluster.inputs import entity_rows, linked_mentions, read_dme
+    from cluster.dme.enhance import dme_selections
+    from cluster.inputs import entity_rows, linked_mentions
     from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
@@ -106,7 +107,7 @@ def _inputs(cfg, model_dir, split: str, device: str = "cpu"):
     storage = Storage(cfg.storage)
     model, processor = load_pretrained(model_dir, device=device)
     builder = BatchBuilder(processor, ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb))
-    dme = read_dme(storage, cfg.kb.name)
+    dme, recipe = dme_selections(cfg, storage)
     rows, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     return storage, model, builder, rows.to_dicts(), entity_rows(storage, cfg.kb.name), nil_skipped
 

@@ -140,14 +140,15 @@ class LinkIngress:
     """The HTTP front door (`cluster.serve.http`); each mention flows encoder -> retriever -> reranker by handles."""
 
     def __init__(self, cfg: MELConfig, model_dir: str, encoder, retriever, reranker):
-        from cluster.artifacts import nil_threshold
+        from cluster.artifacts import nil_threshold, read_calibration
         from workers.collections import model_tag
         from workers.images import ImageLoader
 
         self.cfg = cfg
         self.tag = model_tag(model_dir)  # refuse a collection another model indexed
         self.encoder, self.retriever, self.reranker = encoder, retriever, reranker
-        self.threshold = nil_threshold(cfg.serve, model_dir)
+        self.threshold = nil_threshold(cfg.serve, model_dir)  # on the best candidate's confidence
+        self.calibration = read_calibration(model_dir)  # temperature and NIL logit for `confidence`
         self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
 
     def __serve_build_asgi_app__(self):
@@ -164,7 +165,7 @@ class LinkIngress:
         ret = await self.retriever.retrieve.remote(enc.vector, k, query.filter_expr)
         ensure_indexed_by(ret.collection, self.tag)
         ranked = _raise_failed(await self.reranker.rerank.remote((enc, ret)))
-        return assemble(query, enc, ret, ranked, self.threshold)
+        return assemble(query, enc, ret, ranked, self.threshold, self.calibration)
 
     async def link_queries(self, queries: list) -> list[dict]:
         return list(await asyncio.gather(*(self._link_one(q) for q in queries)))

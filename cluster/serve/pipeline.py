@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.artifacts import nil_threshold, serving_model_dir
+from cluster.artifacts import nil_threshold, read_calibration, serving_model_dir
 from cluster.serve.guard import ensure_indexed_by, guard_readiness
 from workers.collections import model_tag
 from workers.device import pick_device
@@ -182,7 +182,7 @@ class MentionEncoder:
         with torch.autocast(
             self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
         ):
-            feats = self.model.encode(batch, return_gates=explain)
+            feats = self.model.encode(batch, "mention", return_gates=explain)
         feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
         rows = side_rows(
@@ -348,8 +348,19 @@ class Reranker:
         return out
 
 
-def assemble(query: MentionQuery, enc: EncodedMention, ret: Retrieved, ranked: dict, threshold) -> dict:
-    """The `LinkResponse` body: top_k candidates, the NIL decision and per-stage timings."""
+def assemble(
+    query: MentionQuery,
+    enc: EncodedMention,
+    ret: Retrieved,
+    ranked: dict,
+    threshold,
+    calibration: dict | None = None,
+) -> dict:
+    """The `LinkResponse` body: top_k candidates with score and confidence, the NIL decision (on the best
+    confidence, `threshold` in confidence units) and per-stage timings."""
+    from cluster.evaluate.calibration import serving_confidences
+
+    confidence = serving_confidences([float(s) for s in ranked["scores"]], calibration or {})
     candidates = []
     for rank, (j, score, units) in enumerate(zip(ranked["order"], ranked["scores"], ranked["units"]), 1):
         if rank > query.top_k:
@@ -359,12 +370,13 @@ def assemble(query: MentionQuery, enc: EncodedMention, ret: Retrieved, ranked: d
             "name": ret.names[j],
             "description": ret.descriptions[j],
             "score": round(float(score), 6),
+            "confidence": round(confidence[rank - 1], 6),
             "rank": rank,
         }
         if query.explain:
             cand["units"] = dict(zip(("text", "image", "cross"), (round(float(u), 6) for u in units)))
         candidates.append(cand)
-    best = candidates[0]["score"] if candidates else None
+    best = candidates[0]["confidence"] if candidates else None
     nil = best is None or (threshold is not None and best < threshold)  # nothing retrieved: NIL too
     out = {
         "candidates": candidates,
@@ -390,9 +402,10 @@ class Linker:
     retriever: Retriever
     reranker: Reranker
     retrieve_k: int = 50
-    threshold: float | None = None
+    threshold: float | None = None  # on the best candidate's confidence
     model_dir: Path = field(default_factory=Path)
     tag: str = ""  # model_tag(model_dir); "" skips the index/model check
+    calibration: dict = field(default_factory=dict)  # calibration.json beside the model ({}: plain softmax)
 
     @classmethod
     def from_config(cls, cfg, device: str | None = None) -> Linker:
@@ -406,6 +419,7 @@ class Linker:
             nil_threshold(cfg.serve, model_dir),
             model_dir,
             model_tag(model_dir),
+            read_calibration(model_dir),
         )
 
     def link(self, queries: list[MentionQuery]) -> list[dict]:
@@ -418,7 +432,8 @@ class Linker:
             ensure_indexed_by(r.collection, self.tag)
         ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
         return [
-            assemble(q, e, r, rr, self.threshold) for q, e, r, rr in zip(queries, encoded, retrieved, ranked)
+            assemble(q, e, r, rr, self.threshold, self.calibration)
+            for q, e, r, rr in zip(queries, encoded, retrieved, ranked)
         ]
 
     # -- LinkBackend -----------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ class Candidate(BaseModel):
     entity_id: str
     name: str
     description: str
-    score: float
+    score: float  # the raw MMoE score (unbounded)
+    confidence: float  # in [0, 1]: temperature-scaled softmax over the candidates + NIL, fitted by `mel eval`
     rank: int  # 1 = best
     units: UnitScores | None = None  # with explain=true
 
@@ -94,8 +95,8 @@ class Explanation(BaseModel):
 
 class LinkResponse(BaseModel):
     candidates: list[Candidate]
-    nil: bool  # true when the best score is under the calibrated NIL threshold
-    nil_threshold: float | None
+    nil: bool  # true when the best candidate's confidence is under the NIL threshold
+    nil_threshold: float | None  # in confidence units (calibrated by `mel eval`, or serve.nil_threshold)
     collection: str  # the Milvus collection that answered (the alias target at request time)
     timings_ms: dict[str, float]
     explain: Explanation | None = None

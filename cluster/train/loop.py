@@ -23,15 +23,25 @@ from cluster.inputs import BatchBuilder, gold_entity_row
 from cluster.train.checkpoint import restore_checkpoint, save_checkpoint
 
 
-def epoch_batches(shard, rows_per_worker: int, batch_size: int, seed: int, epoch: int) -> list[list[dict]]:
-    """This worker's rows for one epoch, in a seeded order, cut into batches (every worker: the same count)."""
+def epoch_batches(
+    shard, rows_per_worker: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[list[dict]]:
+    """This worker's rows for one epoch, cut into batches (every worker: the same count).
+
+    Every worker reads the whole (unsplit) dataset, sorts it by mention_id, shuffles it with the seed and the
+    epoch and takes its own slice by rank: the data order depends on train.seed only, never on how Ray Data
+    happened to hand out blocks, so two runs with one seed see the same batches.
+    """
     rows = []
     for block in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
         rows += block.to_pylist()
-    if len(rows) < rows_per_worker:
-        raise RuntimeError(f"this worker got {len(rows)} rows, fewer than the {rows_per_worker} planned")
-    rows = sorted(rows, key=lambda r: r["mention_id"])[:rows_per_worker]
+    if len(rows) < rows_per_worker * world_size:
+        raise RuntimeError(
+            f"the dataset has {len(rows)} rows, fewer than the {rows_per_worker} x {world_size} planned"
+        )
+    rows = sorted(rows, key=lambda r: r["mention_id"])
     random.Random(seed * 1000 + epoch).shuffle(rows)
+    rows = rows[rank * rows_per_worker : (rank + 1) * rows_per_worker]
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
@@ -209,6 +219,8 @@ class Trainer:
         return self.state.bad_evals >= self.cfg.train.early_stop_patience
 
     def run(self) -> dict:
+        import ray.train
+
         tc = self.cfg.train
         from kb_builder.progress import Progress
 
@@ -217,7 +229,16 @@ class Trainer:
             "[train] steps", self.total_steps - self.state.step, "steps", enabled=self.rank == 0, every_s=10.0
         )
         for epoch in range(self.state.epoch, tc.epochs):
-            batches = epoch_batches(self.shard, self.config["rows_per_worker"], tc.batch_size, tc.seed, epoch)
+            context = ray.train.get_context()
+            batches = epoch_batches(
+                self.shard,
+                self.config["rows_per_worker"],
+                tc.batch_size,
+                tc.seed,
+                epoch,
+                context.get_world_rank(),
+                context.get_world_size(),
+            )
             skip = self.state.step - epoch * self.steps_per_epoch  # resumed mid-epoch: batches already done
             self.refresh_negatives(epoch, batches)
             for row in (r for batch in batches for r in batch if r["mention_id"] in self.refreshed):

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.artifacts import best_model, ensure_kb, run_dir
+from cluster.artifacts import best_model, ensure_kb, run_dir, write_mention_recipe
 from cluster.train.checkpoint import MODEL_SUBDIR, LoopState
 
 FAIL_AT_STEP_ENV = "MEL_FAULT_TRAIN_FAIL_AT_STEP"  # test hook: the last rank raises once at this step
@@ -90,9 +90,10 @@ def clear_dir(storage, uri: str) -> None:
 
 def prepare_data(cfg, storage, model_dir: Path) -> dict:
     """Train mentions (joined with gold rows, DME desc, subset, hard negatives), dev rows and entity rows."""
-    from cluster.inputs import entity_rows, linked_mentions, read_dme, train_subset
+    from cluster.dme.enhance import dme_selections
+    from cluster.inputs import entity_rows, linked_mentions, train_subset
 
-    dme = read_dme(storage, cfg.kb.name)
+    dme, recipe = dme_selections(cfg, storage)
     train, nil = linked_mentions(storage, cfg.kb.name, "train", dme)
     train = train_subset(train, cfg.train.train_fraction, cfg.train.seed)
     dev, _ = linked_mentions(storage, cfg.kb.name, "dev", dme)
@@ -101,7 +102,7 @@ def prepare_data(cfg, storage, model_dir: Path) -> dict:
         from cluster.train.negatives import mine_hard_negatives
 
         train = mine_hard_negatives(cfg, storage, model_dir, train, entities)
-    return {"train": train, "nil": nil, "dev_rows": dev.to_dicts(), "entity_rows": entities}
+    return {"train": train, "nil": nil, "dev_rows": dev.to_dicts(), "entity_rows": entities, "recipe": recipe}
 
 
 def build_trainer(
@@ -113,7 +114,7 @@ def build_trainer(
     """
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
@@ -153,6 +154,7 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines, not Ray's chatter
         ),
         datasets={"train": ray.data.from_arrow(data["train"].to_arrow())},
+        dataset_config=DataConfig(datasets_to_split=[]),  # every worker slices it by rank: seeded order
     )
 
 
@@ -195,6 +197,7 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
     result = build_trainer(cfg, model_dir, data, storage_path, filesystem).fit()
     best_uri = best_model(storage, cfg.train.run_name)
     history = export_best(result, storage, best_uri)
+    write_mention_recipe(storage, best_uri, data["recipe"])  # how mention text was built (DME parity)
     train_result = TrainResult(
         run_dir=run_uri,
         best_dir=best_uri,

@@ -140,4 +140,6 @@ def test_text_only_embedding_equals_the_models_text_cls(sample):
     texts = [m["sentence"] for m in mentions[:6]]
     batch = processor(texts, [None] * len(texts))
     with torch.no_grad():
-        assert torch.allclose(text_embedding(model, batch), model.encode(batch).text_cls, atol=1e-5)
+        assert torch.allclose(
+            text_embedding(model, batch), model.encode(batch, "mention").text_cls, atol=1e-5
+        )

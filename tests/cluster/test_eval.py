@@ -52,13 +52,9 @@ def test_exhaustive_and_system_ranks_are_identical_when_k_covers_the_kb(kb):
 
 def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
     from cluster.evaluate.run import run_eval
-    from cluster.inputs import dme_uri, linked_mentions
 
     cfg, storage, model_dir = kb
-    mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
-    desc = mentions["entity_description"].fill_null("")  # an oracle DME: the gold description
-    frame = pl.DataFrame({"mention_id": mentions["mention_id"], "desc": desc})
-    storage.write_bytes(dme_uri(storage, cfg.kb.name), _parquet_bytes(frame))
+    _write_oracle_dme(cfg, storage)
     cfg.eval.retrieve_k = 10
     report = run_eval(cfg, split="test")
     assert set(report.tables) == {"exhaustive", "system", "exhaustive (DME off)", "system (DME off)"}
@@ -68,16 +64,52 @@ def test_run_eval_reports_dme_on_and_off_and_writes_calibration(kb):
         assert 0.0 <= metrics["hits@1"] <= metrics["hits@3"] <= metrics["hits@20"] <= 1.0
     assert 0.0 < report.recall_at_k["system"] <= 1.0
     calibration = json.loads((model_dir / "calibration.json").read_text())
-    assert isinstance(calibration["nil_threshold"], float)
-    assert "DME off" in report.summary()
+    assert 0.0 <= calibration["nil_threshold"] <= 1.0 and calibration["nil_threshold_unit"] == "confidence"
+    assert calibration["temperature"] > 0 and calibration["candidates_k"] == cfg.serve.top_k
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-6  # fitted on these very dev scores
+    png = [u for u in report.report_uris if u.endswith("reliability.png")]
+    assert len(png) == 1 and storage.read_bytes(png[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "DME off" in report.summary() and "ECE" in report.summary()
 
 
-def _parquet_bytes(frame: pl.DataFrame) -> bytes:
-    import io
+def _write_oracle_dme(
+    cfg, storage, selector: str = "embedding", kb_version: str | None = None
+) -> pl.DataFrame:
+    """An oracle DME cache (the gold description) for dev and test, as `mel dme` would write it."""
+    from cluster.dme.cache import write_cache
+    from cluster.inputs import linked_mentions
+    from kb_builder.shards import read_manifest
 
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    return buf.getvalue()
+    version = kb_version or str(read_manifest(storage, cfg.kb.name)["kb_version"])
+    mentions = pl.concat([linked_mentions(storage, cfg.kb.name, s)[0] for s in ("dev", "test")])
+    desc = mentions["entity_description"].fill_null("")
+    frame = pl.DataFrame(
+        {
+            "mention_id": mentions["mention_id"],
+            "kb_version": version,
+            "selector": selector,
+            "entity_id": mentions["gold_entity_id"],
+            "desc": desc,
+            "reason": "selected",
+        }
+    )
+    write_cache(storage, cfg.kb.name, frame)
+    return frame
+
+
+def test_one_dme_reader_honours_kb_version_selector_and_the_model_recipe(kb):
+    from cluster.dme.enhance import dme_selections
+
+    cfg, storage, _ = kb
+    _write_oracle_dme(cfg, storage, kb_version="an-older-kb")
+    assert dme_selections(cfg, storage)[0] == {}  # stale: computed against another KB version
+    frame = _write_oracle_dme(cfg, storage, selector="llm")
+    assert dme_selections(cfg, storage)[0] == {}  # stale: another selector than dme.selector
+    descriptions, recipe = dme_selections(cfg, storage, {"dme": True, "selector": "llm", "kb_version": "x"})
+    assert descriptions == dict(zip(frame["mention_id"], frame["desc"])) and recipe["selector"] == "llm"
+    assert recipe["dme"] is True and recipe["kb_version"] != "x"  # the current KB's version
+    off, recipe = dme_selections(cfg, storage, {"dme": False, "selector": "llm", "kb_version": "x"})
+    assert off == {} and recipe["dme"] is False  # a model trained without DME is evaluated without it
 
 
 def test_nil_threshold_maximises_link_vs_nil_accuracy():
@@ -92,3 +124,27 @@ def test_nil_threshold_maximises_link_vs_nil_accuracy():
     assert no_nil["nil_threshold"] == pytest.approx(
         float(torch.quantile(torch.tensor([5.0, 6.0, 2.5]), 0.05))
     )
+
+
+def test_temperature_and_nil_logit_are_recovered_and_calibrate():
+    """Labels drawn from softmax([s / 4, 10]) over 5 candidates + NIL, half the mentions scoring 12 lower (mostly
+    NIL): the fit finds T ~ 4 and b ~ 10, the calibrated confidences have a far lower ECE than the raw softmax
+    (T = 1 is badly overconfident), and the NIL threshold on confidence catches the low-scoring NILs."""
+    from cluster.evaluate.calibration import calibrate_confidence
+
+    gen = torch.Generator().manual_seed(0)
+    m, k = 4000, 5
+    shift = torch.where(torch.arange(m) % 2 == 0, 0.0, -12.0)[:, None]
+    scores = (40 + shift + 4 * torch.randn(m, k, generator=gen)).sort(dim=1, descending=True).values
+    logits = torch.cat([scores / 4.0, torch.full((m, 1), 10.0)], dim=1)
+    labels = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+    is_nil = labels == k
+    gold = torch.where(is_nil, torch.full_like(labels, -1), labels)
+    out = calibrate_confidence(scores, gold, is_nil)
+    assert out["temperature"] == pytest.approx(4.0, rel=0.1) and out["nil_logit"] == pytest.approx(
+        10.0, abs=0.6
+    )
+    assert out["ece_after"] < 0.03 < 0.1 < out["ece_before"]
+    assert 0.0 < out["nil_threshold"] < 1.0 and out["nil_threshold_unit"] == "confidence"
+    assert out["nil_precision"] > 0.7 and out["nil_recall"] > 0.7
+    assert sum(b["count"] for b in out["reliability_after"]) == m

@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 
 from cluster.evaluate.reference import (
-    backbone_features,
     entity_backbone,
-    match_features,
     reference_exhaustive_metrics,
     reference_exhaustive_ranks,
     tile_scores,
@@ -97,10 +95,12 @@ def test_cached_backbone_plus_match_features_equals_encode(data, token, referenc
     model, builder = token if gate == "token" else reference
     inputs = builder.entities(data[1][:6])
     with torch.no_grad():
-        direct = model.encode(inputs)
-        split = match_features(model, backbone_features(model, inputs))
-        scores = model.score(direct, direct).scores
-        scores_split = model.score(split, split).scores
+        direct_m, direct_e = model.encode(inputs, "mention"), model.encode(inputs, "entity")
+        split_m = model.match_features(model.backbone(inputs), "mention")
+        split = model.match_features(model.backbone(inputs), "entity")
+        direct = direct_e
+        scores = model.score(direct_m, direct_e).scores
+        scores_split = model.score(split_m, split).scores
     assert inputs["image_mask"].tolist() == [False, True, True, True, False, True]  # images really load
     torch.testing.assert_close(model.retrieval_vectors(split), model.retrieval_vectors(direct))
     torch.testing.assert_close(split.text.tokens_moe, direct.text.tokens_moe)
@@ -130,7 +130,7 @@ def test_reference_gate_ranks_are_finite_and_depend_on_the_tiles(data, reference
     model, builder = reference
     with pytest.raises(RuntimeError, match="gate='token'"):  # the cached protocols refuse the official gate
         with torch.no_grad():
-            model.entity_cache(model.encode(builder.entities(entities[:2])))
+            model.entity_cache(model.encode(builder.entities(entities[:2]), "entity"))
     with torch.no_grad():
         backbone = entity_backbone(model, builder, entities, batch_size=5)
 

@@ -67,6 +67,9 @@ def test_best_model_is_a_loadable_mmoe_folder_with_calibration(trained):
     assert model.retrieval_dim > 0 and processor.text_max_tokens == model.config.text_max_tokens
     calibration = json.loads((Path(result.best_dir) / "calibration.json").read_text())
     assert calibration["nil_threshold"] == pytest.approx(after.calibration["nil_threshold"])
+    recipe = json.loads((Path(result.best_dir) / "mention_text.json").read_text())
+    assert recipe["dme"] is False and recipe["selector"] == "embedding" and recipe["kb_version"]
+    assert after.mention_text == recipe  # mel eval built the mention text the way training did
 
 
 def test_protocols_agree_when_k_covers_the_kb(trained):
@@ -89,3 +92,20 @@ def test_run_reports_exist(trained):
     assert f"| exhaustive | {100 * after.tables['exhaustive']['hits@1']:.2f} |" in md
     history = json.loads((reports / "train_history.json").read_text())
     assert history["step"] == result.steps
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_losses_across_two_workers(trained):
+    """Data order (every worker slices one seeded order by rank), init and sampling depend on train.seed only:
+    a second run of the same config on CPU repeats every loss exactly."""
+    import dataclasses
+
+    from cluster.train.run import run_training
+
+    cfg, _, first, _ = trained
+    again = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, run_name=cfg.train.run_name + "-again")
+    )
+    assert cfg.train.num_workers == 2
+    second = run_training(again)
+    assert second.history.losses == first.history.losses

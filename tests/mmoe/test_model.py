@@ -23,7 +23,7 @@ def test_shapes_through_every_stage(tiny_model, batches):
             mentions["pixel_values"],
             mentions["image_mask"],
         )
-        side = model.encode(mentions, return_gates=True)
+        side = model.encode(mentions, "mention", return_gates=True)
     assert f.text_cls.shape == (B, P) and f.text_tokens.shape == (B, L, 32)
     assert f.image_cls.shape == (B, D_MODEL) and f.image_tokens.shape == (B, L, D_MODEL)
     assert side.text.cls_moe.shape == (B, D_MODEL) and side.text.tokens_moe.shape == (B, L, D_MODEL)
@@ -45,7 +45,7 @@ def test_score_paths_agree_and_split_exactly(tiny_model, batches):
     mentions, entities = batches
     with torch.no_grad():
         out = model(mentions, entities)
-        m, e = model.encode(mentions), model.encode(entities)
+        m, e = model.encode(mentions, "mention"), model.encode(entities, "entity")
         vectors, cache = model.retrieval_vectors(e), model.entity_cache(e)
         shared = model.score_shared(m, vectors, cache)
         chunks = [
@@ -71,7 +71,7 @@ def test_fp16_cache_scores_close(tiny_model, batches):
     model, _ = tiny_model
     mentions, entities = batches
     with torch.no_grad():
-        m, e = model.encode(mentions), model.encode(entities)
+        m, e = model.encode(mentions, "mention"), model.encode(entities, "entity")
         exact = model.score_shared(m, model.retrieval_vectors(e), model.entity_cache(e)).scores
         half = {k: v.half() if v.is_floating_point() else v for k, v in model.entity_cache(e).items()}
         approx = model.score_shared(m, model.retrieval_vectors(e).half(), half).scores
@@ -126,7 +126,7 @@ def test_reference_gate_mode(corpus, batches):
     mentions, entities = batches
     with torch.no_grad():
         out = model(mentions, entities)
-        side = model.encode(mentions)
+        side = model.encode(mentions, "mention")
         alone = model(select_rows(mentions, slice(1, 2)), entities).scores
     assert torch.isfinite(out.scores).all()
     assert (side.text.tokens_moe[:, 3:] == 0).all()  # positions 4.. of [cls; tokens] are zero
@@ -141,7 +141,7 @@ def test_reference_gate_mode(corpus, batches):
 def test_token_gate_keeps_late_positions(tiny_model, batches):
     model, _ = tiny_model
     with torch.no_grad():
-        side = model.encode(batches[1])
+        side = model.encode(batches[1], "mention")
     assert (side.text.tokens_moe[:, 3:].abs().sum(-1) > 0).all()
     assert (side.image.tokens_moe[:, 3:].abs().sum(-1) > 0).all()
 
@@ -150,7 +150,7 @@ def test_explain_helpers(tiny_model, batches):
     model, _ = tiny_model
     mentions, entities = batches
     with torch.no_grad():
-        side = model.encode(mentions, return_gates=True)
+        side = model.encode(mentions, "mention", return_gates=True)
         out = model(mentions, entities)
     usage = expert_usage(side)
     assert set(usage) == {"text_intra", "image_intra", "cross_text", "cross_image"}
@@ -160,4 +160,4 @@ def test_explain_helpers(tiny_model, batches):
     parts = modality_contributions(out)
     torch.testing.assert_close(parts["text"] + parts["image"] + parts["cross"], out.scores)
     with pytest.raises(ValueError, match="return_gates"):
-        expert_usage(model.encode(mentions))
+        expert_usage(model.encode(mentions, "mention"))

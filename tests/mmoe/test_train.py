@@ -30,7 +30,7 @@ def test_tiny_model_overfits_sixteen_pairs(corpus):
     model.eval()
 
     with torch.no_grad():  # evaluated through the retrieval + cache path, not the training path
-        m, e = model.encode(m_batch), model.encode(e_batch)
+        m, e = model.encode(m_batch, "mention"), model.encode(e_batch, "entity")
         scores = model.score_shared(m, model.retrieval_vectors(e), model.entity_cache(e)).scores
     metrics = hits_and_mrr(gold_ranks(scores, labels))
     assert parts["total"] < first_loss / 4
