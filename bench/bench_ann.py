@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.config import MilvusConfig  # noqa: E402
-from workers.milvus_store import MilvusStore, is_lite, lite_index_types  # noqa: E402
+from workers.milvus_store import MilvusStore, hit_id, is_lite, lite_index_types  # noqa: E402
 
 # Build / search parameters per index type (search ef must be >= top_k for HNSW).
 PARAMS = {
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             hits = client.search(name, data=queries.tolist(), limit=100, search_params=sp, output_fields=[])
             batch_qps = len(queries) / (time.perf_counter() - start)
-            found = [[int(h["entity_id"]) for h in q] for q in hits]
+            found = [[int(hit_id(h)) for h in q] for q in hits]
             print(
                 f"{index_type:>9} | {str(build or '-'):>32} | {build_s:>7.1f} | {recall(found, truth, 10):>9.3f} | "
                 f"{recall(found, truth, 100):>10.3f} | {single_qps:>7.1f} | {batch_qps:>11.1f} | "

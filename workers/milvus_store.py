@@ -71,6 +71,14 @@ def clip_utf8(text: str, max_bytes: int) -> str:
     return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", errors="ignore")
 
 
+def hit_id(hit) -> str:
+    """The primary key of a search hit: Milvus Lite names it `entity_id`, a 2.3 server `id` (pymilvus 3)."""
+    for key in ("entity_id", "id"):
+        if key in hit:
+            return str(hit[key])
+    return str(hit["entity"]["entity_id"])
+
+
 class MilvusStore:
     """MilvusClient wrapper with the project's schema, alias swap and exact counts."""
 
@@ -235,9 +243,7 @@ class MilvusStore:
             search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
             consistency_level=self.cfg.consistency_level,
         )
-        return [
-            [Hit(h["entity_id"], float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res
-        ]
+        return [[Hit(hit_id(h), float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res]
 
     # -- alias ----------------------------------------------------------------------------------------------
     def current_collection(self) -> str | None:
