@@ -148,7 +148,14 @@ def write_bulk_files(
 
 
 def import_paths(uris: list[str], milvus_bucket: str) -> list[str]:
-    """s3://<milvus_bucket>/key -> key: Milvus resolves import files inside its own bucket only."""
+    """s3://<milvus_bucket>/key -> key: Milvus resolves import files inside its own bucket only. With
+    `milvus_bucket=""` the server stores on its local disk (`common.storageType: local`, as the embedded
+    server does): import files are absolute paths on that disk, passed through."""
+    if not milvus_bucket:
+        bad = [u for u in uris if is_s3(u) or not u.startswith("/")]
+        if bad:
+            raise ValueError(f"{bad[0]}: a server on local storage imports absolute paths on its own disk")
+        return list(uris)
     keys = []
     for uri in uris:
         if not is_s3(uri):
@@ -214,6 +221,17 @@ def wait_import(
     return report
 
 
+def wait_visible(
+    store: MilvusStore, collection: str, rows: int, timeout_s: float, poll_s: float = 1.0
+) -> None:
+    """A completed 2.3 import is not searchable until its segments are indexed and loaded: wait for the count."""
+    deadline = time.monotonic() + timeout_s
+    while store.count(collection) < rows:
+        if time.monotonic() > deadline:
+            raise BulkImportError(f"{collection!r}: imported rows not visible after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def bulk_import(
     store: MilvusStore,
     collection: str,
@@ -238,5 +256,6 @@ def bulk_import(
             f"bulk import into {collection!r} failed for {len(report.failures)} file(s): "
             + "; ".join(report.failures[:3])
         )
+    wait_visible(store, collection, report.rows, timeout_s)
     report.elapsed_s = time.perf_counter() - started
     return report
