@@ -154,7 +154,17 @@ def filter_expression(filters) -> str:
         parts.append(f"name == {json.dumps(filters.name)}")
     if filters.entity_ids is not None:
         parts.append(f"entity_id in {json.dumps(list(filters.entity_ids))}")
+    parts += partition_expression(filters)
     return " and ".join(parts)
+
+
+def partition_expression(filters) -> list[str]:
+    """The partition-key clause (milvus.partition_key): an equality on it lets Milvus search one partition."""
+    if getattr(filters, "partition", None) is None:
+        return []
+    from workers.milvus_store import PARTITION_FIELD
+
+    return [f"{PARTITION_FIELD} == {json.dumps(filters.partition)}"]
 
 
 class MentionEncoder:

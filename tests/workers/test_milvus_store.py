@@ -128,3 +128,34 @@ def test_a_released_collection_is_loaded_before_reads(tmp_path):
     assert [h.entity_id for h in again.search(np.eye(4)[:1], 3)[0]] != []
     assert [r["entity_id"] for r in again.get(["c", "a"])] == ["c", "a"]
     store.close(release_file=True)
+
+
+def test_partition_key_filter_never_crosses_partitions(store):
+    """milvus.partition_key: the KB column's value goes to the `partition` field, a Milvus partition key; a
+    filter on it returns entities of that partition only, even when top_k exceeds the partition's size."""
+    from workers.milvus_store import PARTITION_FIELD
+
+    keyed = MilvusStore(MilvusConfig(collection=store.alias, partition_key="type"), store.uri)
+    name = v(store, "v1")
+    keyed.create(name, 8)
+    kinds = ["person", "place", "work"]
+    data = rows([f"e{i}" for i in range(60)])
+    for i, row in enumerate(data):
+        row[PARTITION_FIELD] = kinds[i % 3]
+    keyed.upsert(name, data)
+    assert keyed.count(name) == 60
+    queries = np.random.default_rng(5).normal(size=(4, 8))
+    for kind in kinds:
+        hits = keyed.search(queries, top_k=50, filter=f'{PARTITION_FIELD} == "{kind}"', collection=name)
+        want = {f"e{i}" for i in range(60) if kinds[i % 3] == kind}
+        assert [sorted({h.entity_id for h in q} - want) for q in hits] == [[]] * 4  # nothing from elsewhere
+        assert [len(q) for q in hits] == [20] * 4
+    assert keyed.search(queries[:1], 10, filter=f'{PARTITION_FIELD} == "none"', collection=name) == [[]]
+    moved = rows(["e0"], seed=9)[0] | {PARTITION_FIELD: "place"}  # e0 was a person: re-keyed, not duplicated
+    keyed.upsert(name, [moved])
+    assert keyed.count(name) == 60
+    place = keyed.search(queries[:1], 50, filter=f'{PARTITION_FIELD} == "place"', collection=name)[0]
+    person = keyed.search(queries[:1], 50, filter=f'{PARTITION_FIELD} == "person"', collection=name)[0]
+    assert "e0" in {h.entity_id for h in place} and "e0" not in {h.entity_id for h in person}
+    assert (len(place), len(person)) == (21, 19)
+    keyed.close()
