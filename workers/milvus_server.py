@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kb_builder.storage import Storage, is_s3, split_s3
-from workers.milvus_store import HASH_MAX_BYTES, ID_MAX_BYTES, NAME_MAX_BYTES, MilvusStore, clip_utf8, is_lite
+from workers.milvus_store import (
+    HASH_MAX_BYTES,
+    ID_MAX_BYTES,
+    NAME_MAX_BYTES,
+    PARTITION_FIELD,
+    PARTITION_MAX_BYTES,
+    MilvusStore,
+    clip_utf8,
+    is_lite,
+)
 
 # Built by a Milvus server (2.4/2.5 knowhere) but not by Milvus Lite; GPU_* need the GPU image of Milvus.
 SERVER_ONLY_INDEXES = {
@@ -72,8 +81,11 @@ def bulk_arrow_schema():
     )
 
 
-def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_hashes: list[str]):
-    """A pyarrow Table in the bulk-import layout, with the same checks MilvusStore.upsert makes."""
+def bulk_table(
+    ids: list[str], vectors, names: list[str], has_image, content_hashes: list[str], partitions=None
+):
+    """A pyarrow Table in the bulk-import layout, with the same checks MilvusStore.upsert makes; `partitions`
+    (the milvus.partition_key values) adds the `partition` column."""
     import pyarrow as pa
 
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -91,7 +103,7 @@ def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_has
     dim = vectors.shape[1]
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [
             pa.array([str(i) for i in ids], type=pa.string()),
             pa.ListArray.from_arrays(offsets, flat),
@@ -101,6 +113,12 @@ def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_has
         ],
         schema=bulk_arrow_schema(),
     )
+    if partitions is not None:
+        table = table.append_column(
+            PARTITION_FIELD,
+            pa.array([clip_utf8(str(x or ""), PARTITION_MAX_BYTES) for x in partitions], type=pa.string()),
+        )
+    return table
 
 
 def table_bytes(table) -> bytes:
@@ -133,7 +151,12 @@ def write_bulk_files(
 
     for batch in batches:
         table = bulk_table(
-            list(batch.ids), batch.vectors, list(batch.names), batch.has_image, list(batch.content_hashes)
+            list(batch.ids),
+            batch.vectors,
+            list(batch.names),
+            batch.has_image,
+            list(batch.content_hashes),
+            getattr(batch, "partitions", None),
         )
         start = 0
         while start < table.num_rows:
@@ -258,4 +281,25 @@ def bulk_import(
         )
     wait_visible(store, collection, report.rows, timeout_s)
     report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def import_shard(store: MilvusStore, collection: str, storage: Storage, batch, name: str) -> ImportReport:
+    """The index job's bulk path for one finished shard: its rows are deleted first (a redone shard must not
+    duplicate: import is an insert), written as `<milvus.bulk_dir>/<collection>/<name>/part-*.parquet`,
+    imported and waited for. Visibility is awaited once at the end of the job (wait_visible)."""
+    bulk_dir = store.cfg.bulk_dir.rstrip("/")
+    if not bulk_dir:
+        raise BulkImportError(
+            "milvus.ingest=bulk_import needs milvus.bulk_dir (where the server reads files)"
+        )
+    _require_server(store)
+    bucket = split_s3(bulk_dir)[0] if is_s3(bulk_dir) else ""
+    store.delete(collection, list(batch.ids))
+    uris = write_bulk_files(storage, f"{bulk_dir}/{collection}/{name}", [batch])
+    report = ImportReport(collection, uris)
+    report.task_ids = start_import(store, collection, import_paths(uris, bucket))
+    wait_import(store, report)
+    if report.failures:
+        raise BulkImportError(f"bulk import of shard {name} into {collection!r} failed: {report.failures[0]}")
     return report
