@@ -100,17 +100,16 @@ def milvus_server(tmp_path_factory):
         yield os.environ["MILVUS_URI"], os.environ.get("MILVUS_LOCAL_STORAGE", "")
         return
     try:
-        from milvus import MilvusServer
+        import milvus  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"the `milvus` package (embedded Milvus server) is not installed: {exc}")
-    server = MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus_server")))
-    server.config.update(proxy_port=free_port())
+    from workers.milvus_server import start_embedded_server
+
     try:
-        server.start()
+        server, uri, storage = start_embedded_server(
+            str(tmp_path_factory.mktemp("milvus_server")), free_port()
+        )
     except Exception as exc:  # the binary cannot run here (missing libs, no exec permission, ...)
-        server.stop()
         pytest.skip(f"the Milvus server binary could not start: {exc!r}")
-    storage = server.config.configurable_items["local_storage_dir"][1]
-    yield f"http://127.0.0.1:{server.listen_port}", storage
+    yield uri, storage
     server.stop()

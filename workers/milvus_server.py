@@ -303,3 +303,27 @@ def import_shard(store: MilvusStore, collection: str, storage: Storage, batch, n
     if report.failures:
         raise BulkImportError(f"bulk import of shard {name} into {collection!r} failed: {report.failures[0]}")
     return report
+
+
+def start_embedded_server(base_dir: str, port: int = 0):
+    """Start the embedded Milvus 2.3 standalone server (PyPI `milvus`, a dev/test dependency) with its data under
+    `base_dir`, on `port` (0 = a free one); -> (server, uri, local_storage_dir). Stop it with server.stop().
+    It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir)."""
+    import socket
+
+    from milvus import MilvusServer
+
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    server = MilvusServer()
+    server.set_base_dir(str(base_dir))
+    server.config.update(proxy_port=port)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    storage = server.config.configurable_items["local_storage_dir"][1]
+    return server, f"http://127.0.0.1:{server.listen_port}", storage
