@@ -209,3 +209,44 @@ def test_bulk_import_reports_a_bad_file(server_env):
     store.create(name, 8)  # the files carry 16-d vectors: Milvus must refuse them
     with pytest.raises(BulkImportError, match="part-00000.parquet"):
         bulk_import(store, name, storage, f"{root}/{name}", make_batches(10, 16, 10), bucket, timeout_s=600)
+
+
+@pytest.mark.milvus_server
+def test_two_writers_at_once_and_a_reader_follows_the_alias(milvus_server):
+    """Two processes' worth of clients write one server collection concurrently (overlapping ids: keyed, so the
+    count is exact); a reader opened before an alias swap answers from the new collection without reopening."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.config import MilvusConfig
+    from workers.milvus_store import MilvusStore
+
+    uri, _ = milvus_server
+    cfg = MilvusConfig(collection=f"two_{uuid.uuid4().hex[:8]}")
+    writers = [MilvusStore(cfg, uri) for _ in range(2)]
+    reader = MilvusStore(cfg, uri)
+    name = f"{cfg.collection}_v1"
+    writers[0].create(name, 8)
+    rng = np.random.default_rng(0)
+
+    def write(k: int) -> int:
+        ids = range(k * 150, k * 150 + 300)  # ids 150..299 are written by both
+        rows = [{"entity_id": f"e{i}", "vector": rng.normal(size=8), "name": f"w{k}"} for i in ids]
+        return sum(writers[k].upsert(name, rows[s : s + 50]) for s in range(0, 300, 50))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(write, [0, 1])) == [300, 300]
+        assert writers[0].count(name) == 450
+        writers[0].swap_alias(name)
+        assert reader.count() == 450
+        second = f"{cfg.collection}_v2"
+        writers[1].create(second, 8)
+        writers[1].upsert(second, [{"entity_id": "only", "vector": np.ones(8)}])
+        writers[1].swap_alias(second)
+        assert reader.count() == 1  # the same reader, no restart: the alias now names v2
+        assert reader.search(np.ones((1, 8)), 5)[0][0].entity_id == "only"
+    finally:
+        for n in writers[0].list_versions():
+            writers[0].drop(n)
+        for s in [*writers, reader]:
+            s.close()
