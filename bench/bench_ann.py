@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.config import MilvusConfig  # noqa: E402
-from workers.milvus_store import MilvusStore, is_lite, lite_index_types  # noqa: E402
+from workers.milvus_store import MilvusStore, hit_id, is_lite, lite_index_types  # noqa: E402
 
 # Build / search parameters per index type (search ef must be >= top_k for HNSW).
 PARAMS = {
@@ -77,6 +77,10 @@ def main(argv=None) -> int:
         "--index-types", default="", help="comma list (default: every type this Milvus builds)"
     )
     parser.add_argument("--uri", default="", help="Milvus URI (default: a temp Milvus Lite file)")
+    parser.add_argument("--consistency", default="Strong", help="Strong | Bounded | Session | Eventually")
+    parser.add_argument(
+        "--server", action="store_true", help="start the embedded Milvus 2.3 server and use it"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -89,6 +93,11 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = args.uri or str(Path(tmp) / "milvus.db")
+        server = None
+        if args.server:
+            from workers.milvus_server import start_embedded_server
+
+            server, uri, _ = start_embedded_server(str(Path(tmp) / "server"))
         wanted = [t.strip().upper() for t in args.index_types.split(",") if t.strip()]
         available = lite_index_types() if is_lite(uri) else set(ORDER)
         types = [t for t in (wanted or ORDER) if t in available]
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
         ingest_s = time.perf_counter() - start
         print(
             f"ANN benchmark: {args.n} x {args.dim}-d clustered unit vectors ({args.clusters} clusters), "
-            f"{args.queries} queries, metric IP, uri {uri}"
+            f"{args.queries} queries, metric IP, consistency {args.consistency}, uri {uri}"
         )
         print(
             f"ingest {ingest_s:.1f} s ({args.n / ingest_s:.0f} rows/s); exact numpy top-100: {exact_qps:.1f} q/s"
@@ -133,12 +142,26 @@ def main(argv=None) -> int:
             sp = {"metric_type": "IP", "params": search}
             start = time.perf_counter()
             for q in queries[: min(50, len(queries))]:  # one query per call, as a serving replica sends them
-                client.search(name, data=[q.tolist()], limit=10, search_params=sp, output_fields=[])
+                client.search(
+                    name,
+                    data=[q.tolist()],
+                    limit=10,
+                    search_params=sp,
+                    output_fields=[],
+                    consistency_level=args.consistency,
+                )
             single_qps = min(50, len(queries)) / (time.perf_counter() - start)
             start = time.perf_counter()
-            hits = client.search(name, data=queries.tolist(), limit=100, search_params=sp, output_fields=[])
+            hits = client.search(
+                name,
+                data=queries.tolist(),
+                limit=100,
+                search_params=sp,
+                output_fields=[],
+                consistency_level=args.consistency,
+            )
             batch_qps = len(queries) / (time.perf_counter() - start)
-            found = [[int(h["entity_id"]) for h in q] for q in hits]
+            found = [[int(hit_id(h)) for h in q] for q in hits]
             print(
                 f"{index_type:>9} | {str(build or '-'):>32} | {build_s:>7.1f} | {recall(found, truth, 10):>9.3f} | "
                 f"{recall(found, truth, 100):>10.3f} | {single_qps:>7.1f} | {batch_qps:>11.1f} | "
@@ -146,6 +169,8 @@ def main(argv=None) -> int:
             )
         store.drop(name)
         store.close()
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -4,6 +4,11 @@
 
 Prints one table; `ratio` = MilvusStore.upsert rows/s / raw insert rows/s measured in the same run (the cost of
 our per-row checks and upsert semantics). `re-upsert` writes the same ids again: the count must not change.
+
+    python3 bench/bench_milvus_ingest.py --rows 20000 --dim 800 --server
+
+`--server` instead compares, on the same rows: Lite upsert, upsert into the embedded Milvus 2.3 server (PyPI
+`milvus`, started here) and bulk import into it (Parquet on its disk + Import, until every row is visible).
 """
 
 from __future__ import annotations
@@ -56,7 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="500,2000,5000")
     parser.add_argument("--index", default="FLAT")
     parser.add_argument("--uri", default="", help="Milvus URI (default: a temp Milvus Lite file)")
+    parser.add_argument("--server", action="store_true", help="Lite vs server upsert vs server bulk import")
     args = parser.parse_args(argv)
+    if args.server:
+        return compare_server(args)
 
     rows = make_rows(args.rows, args.dim)
     raw_rows = [dict(r, vector=r["vector"].tolist()) for r in rows]
@@ -91,6 +99,55 @@ def main(argv=None) -> int:
             store.drop(raw)
             store.drop(ours)
             store.close()
+    return 0
+
+
+def compare_server(args) -> int:
+    """Lite upsert vs server upsert vs server bulk import of the same rows, one run, rows/s and ratios."""
+    from types import SimpleNamespace
+
+    from workers.milvus_server import bulk_import, start_embedded_server
+
+    rows = make_rows(args.rows, args.dim)
+    batch = SimpleNamespace(
+        ids=[r["entity_id"] for r in rows],
+        vectors=np.stack([r["vector"] for r in rows]),
+        names=[r["name"] for r in rows],
+        has_image=np.array([r["has_image"] for r in rows]),
+        content_hashes=[r["content_hash"] for r in rows],
+    )
+    cfg = MilvusConfig(collection="bench", index_type=args.index, insert_batch_size=2000)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        lite = MilvusStore(cfg, str(Path(tmp) / "milvus.db"))
+        lite.create("bench_v1", args.dim)
+        results["Lite upsert"] = timed(lambda: (lite.upsert("bench_v1", rows), lite.flush("bench_v1")))
+        assert lite.count("bench_v1") == args.rows
+        lite.close(release_file=True)
+        server, uri, local = start_embedded_server(str(Path(tmp) / "server"))
+        try:
+            store = MilvusStore(cfg, uri)
+            store.create("bench_v1", args.dim)
+            results["server upsert"] = timed(
+                lambda: (store.upsert("bench_v1", rows), store.flush("bench_v1"))
+            )
+            assert store.count("bench_v1") == args.rows
+            store.create("bench_v2", args.dim)
+            from kb_builder.config import StorageConfig
+            from kb_builder.storage import Storage
+
+            storage = Storage(StorageConfig(root=local, cache_dir=str(Path(tmp) / "cache")))
+            results["server bulk import"] = timed(
+                bulk_import, store, "bench_v2", storage, f"{local}/bench", [batch], ""
+            )
+            assert store.count("bench_v2") == args.rows
+            store.close()
+        finally:
+            server.stop()
+    base = results["Lite upsert"]
+    print(f"Milvus ingest, same {args.rows} rows x {args.dim}-d, index {args.index} (shared machine: ratios)")
+    for name, seconds in results.items():
+        print(f"{name:>20} | {args.rows / seconds:>9.0f} rows/s | {base / seconds:>5.2f}x Lite upsert")
     return 0
 
 

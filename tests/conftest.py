@@ -89,3 +89,27 @@ def s3_bucket(s3_server):
     name = f"mel-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return s3_server, name
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus 2.3 standalone server (PyPI `milvus`, embedded binary) on a free loopback port, its data in a
+    temp folder; started lazily once per session (it keeps ~80% of a core busy even when idle). MILVUS_URI
+    overrides it with an external server. Yields (uri, local_storage_dir or "" for an external server)."""
+    if os.environ.get("MILVUS_URI"):
+        yield os.environ["MILVUS_URI"], os.environ.get("MILVUS_LOCAL_STORAGE", "")
+        return
+    try:
+        import milvus  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the `milvus` package (embedded Milvus server) is not installed: {exc}")
+    from workers.milvus_server import start_embedded_server
+
+    try:
+        server, uri, storage = start_embedded_server(
+            str(tmp_path_factory.mktemp("milvus_server")), free_port()
+        )
+    except Exception as exc:  # the binary cannot run here (missing libs, no exec permission, ...)
+        pytest.skip(f"the Milvus server binary could not start: {exc!r}")
+    yield uri, storage
+    server.stop()

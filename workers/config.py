@@ -50,3 +50,9 @@ class MilvusConfig:
     metric: str = "IP"  # the MMoE score is an inner product (reference section 2)
     consistency_level: str = "Strong"
     insert_batch_size: int = 1000
+    # upsert | bulk_import (full builds on a server: Parquet files + Import, then wait)
+    ingest: str = "upsert"
+    # bulk_import files: an absolute path on the server's disk, or s3://<its bucket>/prefix
+    bulk_dir: str = ""
+    # a KB column (e.g. "type"): its value is the partition key; "" = no partition key
+    partition_key: str = ""

@@ -26,7 +26,7 @@ from workers.config import EncoderConfig, MilvusConfig
 from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
 from workers.images import ImageLoader, kb_image_roots
-from workers.milvus_store import ID_MAX_BYTES, MilvusStore
+from workers.milvus_store import ID_MAX_BYTES, PARTITION_FIELD, MilvusStore
 from workers.ray_pool import EncodingPool
 
 
@@ -104,14 +104,14 @@ def allowed_image_roots(storage: Storage, kb_cfg: KBConfig) -> list[str]:
     return kb_image_roots(kb_cfg)
 
 
-def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities) -> None:
-    store.upsert(
-        collection,
-        [
-            {"entity_id": i, "vector": v, "name": n, "has_image": bool(h), "content_hash": c}
-            for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
-        ],
-    )
+def write_batch(store: MilvusStore, collection: str, enc: EncodedEntities, partitions=None) -> None:
+    rows = [
+        {"entity_id": i, "vector": v, "name": n, "has_image": bool(h), "content_hash": c}
+        for i, v, n, h, c in zip(enc.ids, enc.vectors, enc.names, enc.has_image, enc.content_hashes)
+    ]
+    for row, value in zip(rows, partitions or []):
+        row[PARTITION_FIELD] = value
+    store.upsert(collection, rows)
 
 
 def index_in_process(
@@ -132,10 +132,24 @@ def index_in_process(
     return collection
 
 
-def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage):
-    """(shard name, batch index), rows; a shard's Parquet is read only when its turn comes (bounded memory)."""
+def partition_value(row: dict, column: str) -> str:
+    """milvus.partition_key names a KB column (e.g. source) or a key of the `attributes` JSON (e.g. type)."""
+    if column in row:
+        return str(row[column] or "")
+    try:
+        attributes = json.loads(row.get("attributes") or "{}")
+    except ValueError:
+        return ""
+    return str(attributes.get(column, "")) if isinstance(attributes, dict) else ""
+
+
+def _batches(work: list[tuple[str, object]], batch_size: int, storage: Storage, column: str = "", keys=None):
+    """(shard name, batch index), rows; a shard's Parquet is read only when its turn comes (bounded memory).
+    With `column` (milvus.partition_key) each row's value of it is recorded in `keys` by entity_id."""
     for name, source in work:
         rows = read_shard(storage, source).to_dicts() if isinstance(source, str) else source
+        if column:
+            keys.update((r["entity_id"], partition_value(r, column)) for r in rows)
         for index, start in enumerate(range(0, len(rows), batch_size)):
             yield (name, index), rows[start : start + batch_size]
 
@@ -156,6 +170,8 @@ def run_index(
     `crash_marker` is the tests' fault-injection hook (see EncoderWorker)."""
     if mode not in ("full", "incremental"):
         raise ValueError(f"mode={mode!r}: expected full | incremental")
+    if milvus_cfg.ingest not in ("upsert", "bulk_import"):
+        raise ValueError(f"milvus.ingest={milvus_cfg.ingest!r}: expected upsert | bulk_import")
     started = time.perf_counter()
     storage = Storage(storage_cfg)
     manifest = read_manifest(storage, kb_cfg.name)
@@ -217,13 +233,16 @@ def run_index(
     meter = Progress("index", sum(sizes.values()), "entities", enabled=progress and bool(work), every_s=5.0)
     expected = {name: -(-size // encoder_cfg.batch_size) for name, size in sizes.items()}
     results: dict[str, dict[int, EncodedEntities]] = {name: {} for name in sizes}
+    keys: dict[str, object] = {}  # entity_id -> its partition-key value (milvus.partition_key)
+    bulk = mode == "full" and milvus_cfg.ingest == "bulk_import"  # incremental runs always upsert
     if any(sizes.values()):
         pool = EncodingPool(
             model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker
         )
         report.device = pool.device
         try:
-            for res in pool.run(_batches(work, encoder_cfg.batch_size, storage)):
+            batches = _batches(work, encoder_cfg.batch_size, storage, milvus_cfg.partition_key, keys)
+            for res in pool.run(batches):
                 name, index = res.key
                 if res.encoded is None:
                     res.encoded = concat_encoded([], dim)
@@ -232,15 +251,32 @@ def run_index(
                 meter.update(len(res.encoded.ids) + len(res.encoded.failed))
                 if len(results[name]) == expected[name]:
                     _finish_shard(
-                        name, results.pop(name), store, collection, cache, progress_file, report, dim, deleted
+                        name,
+                        results.pop(name),
+                        store,
+                        collection,
+                        cache,
+                        progress_file,
+                        report,
+                        dim,
+                        deleted,
+                        keys,
+                        bulk,
+                        storage,
                     )
         finally:
             pool.close()
     for name in list(results):  # shards without rows (an incremental run that only deletes)
-        _finish_shard(name, {}, store, collection, cache, progress_file, report, dim, deleted)
+        _finish_shard(name, {}, store, collection, cache, progress_file, report, dim, deleted, keys)
     meter.close()
 
     # 4. exact count, then publish: point the alias at a finished full build
+    if bulk:  # imported segments become visible once indexed and loaded
+        from workers.milvus_server import wait_visible
+
+        wait_visible(
+            store, collection, sum(s["rows"] for s in progress_file.state["shards"].values()), 3600.0
+        )
     report.total = store.count(collection)
     if mode == "full" and all(progress_file.done(n) for n in names):
         progress_file.save(complete=True, kb_version=manifest["kb_version"], model_hash=tag, dim=dim)
@@ -257,7 +293,9 @@ def run_index(
     return report
 
 
-def _finish_shard(name, parts, store, collection, cache, progress_file, report, dim, deleted) -> None:
+def _finish_shard(
+    name, parts, store, collection, cache, progress_file, report, dim, deleted, keys, bulk=False, storage=None
+) -> None:
     enc = concat_encoded([parts[i] for i in sorted(parts)], dim)
     bad = [k for k, i in enumerate(enc.ids) if len(i.encode("utf-8")) > ID_MAX_BYTES]
     if bad:  # Milvus would reject the whole upsert: drop these rows and name them
@@ -273,7 +311,14 @@ def _finish_shard(name, parts, store, collection, cache, progress_file, report, 
             [enc.content_hashes[k] for k in keep],
             enc.failed,
         )
-    write_batch(store, collection, enc)
+    partitions = [keys.pop(i, "") for i in enc.ids] if store.cfg.partition_key else None
+    if bulk and enc.ids:
+        from workers.milvus_server import import_shard
+
+        enc.partitions = partitions
+        import_shard(store, collection, storage, enc, name)
+    else:
+        write_batch(store, collection, enc, partitions)
     store.delete(collection, deleted)
     store.flush(collection)
     cache.write_shard(name, enc.ids, enc.cache, deleted=deleted)

@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kb_builder.storage import Storage, is_s3, split_s3
-from workers.milvus_store import HASH_MAX_BYTES, ID_MAX_BYTES, NAME_MAX_BYTES, MilvusStore, clip_utf8, is_lite
+from workers.milvus_store import (
+    HASH_MAX_BYTES,
+    ID_MAX_BYTES,
+    NAME_MAX_BYTES,
+    PARTITION_FIELD,
+    PARTITION_MAX_BYTES,
+    MilvusStore,
+    clip_utf8,
+    is_lite,
+)
 
 # Built by a Milvus server (2.4/2.5 knowhere) but not by Milvus Lite; GPU_* need the GPU image of Milvus.
 SERVER_ONLY_INDEXES = {
@@ -72,8 +81,11 @@ def bulk_arrow_schema():
     )
 
 
-def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_hashes: list[str]):
-    """A pyarrow Table in the bulk-import layout, with the same checks MilvusStore.upsert makes."""
+def bulk_table(
+    ids: list[str], vectors, names: list[str], has_image, content_hashes: list[str], partitions=None
+):
+    """A pyarrow Table in the bulk-import layout, with the same checks MilvusStore.upsert makes; `partitions`
+    (the milvus.partition_key values) adds the `partition` column."""
     import pyarrow as pa
 
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -91,7 +103,7 @@ def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_has
     dim = vectors.shape[1]
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [
             pa.array([str(i) for i in ids], type=pa.string()),
             pa.ListArray.from_arrays(offsets, flat),
@@ -101,6 +113,12 @@ def bulk_table(ids: list[str], vectors, names: list[str], has_image, content_has
         ],
         schema=bulk_arrow_schema(),
     )
+    if partitions is not None:
+        table = table.append_column(
+            PARTITION_FIELD,
+            pa.array([clip_utf8(str(x or ""), PARTITION_MAX_BYTES) for x in partitions], type=pa.string()),
+        )
+    return table
 
 
 def table_bytes(table) -> bytes:
@@ -133,7 +151,12 @@ def write_bulk_files(
 
     for batch in batches:
         table = bulk_table(
-            list(batch.ids), batch.vectors, list(batch.names), batch.has_image, list(batch.content_hashes)
+            list(batch.ids),
+            batch.vectors,
+            list(batch.names),
+            batch.has_image,
+            list(batch.content_hashes),
+            getattr(batch, "partitions", None),
         )
         start = 0
         while start < table.num_rows:
@@ -148,7 +171,14 @@ def write_bulk_files(
 
 
 def import_paths(uris: list[str], milvus_bucket: str) -> list[str]:
-    """s3://<milvus_bucket>/key -> key: Milvus resolves import files inside its own bucket only."""
+    """s3://<milvus_bucket>/key -> key: Milvus resolves import files inside its own bucket only. With
+    `milvus_bucket=""` the server stores on its local disk (`common.storageType: local`, as the embedded
+    server does): import files are absolute paths on that disk, passed through."""
+    if not milvus_bucket:
+        bad = [u for u in uris if is_s3(u) or not u.startswith("/")]
+        if bad:
+            raise ValueError(f"{bad[0]}: a server on local storage imports absolute paths on its own disk")
+        return list(uris)
     keys = []
     for uri in uris:
         if not is_s3(uri):
@@ -214,6 +244,17 @@ def wait_import(
     return report
 
 
+def wait_visible(
+    store: MilvusStore, collection: str, rows: int, timeout_s: float, poll_s: float = 1.0
+) -> None:
+    """A completed 2.3 import is not searchable until its segments are indexed and loaded: wait for the count."""
+    deadline = time.monotonic() + timeout_s
+    while store.count(collection) < rows:
+        if time.monotonic() > deadline:
+            raise BulkImportError(f"{collection!r}: imported rows not visible after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def bulk_import(
     store: MilvusStore,
     collection: str,
@@ -238,5 +279,51 @@ def bulk_import(
             f"bulk import into {collection!r} failed for {len(report.failures)} file(s): "
             + "; ".join(report.failures[:3])
         )
+    wait_visible(store, collection, report.rows, timeout_s)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def import_shard(store: MilvusStore, collection: str, storage: Storage, batch, name: str) -> ImportReport:
+    """The index job's bulk path for one finished shard: its rows are deleted first (a redone shard must not
+    duplicate: import is an insert), written as `<milvus.bulk_dir>/<collection>/<name>/part-*.parquet`,
+    imported and waited for. Visibility is awaited once at the end of the job (wait_visible)."""
+    bulk_dir = store.cfg.bulk_dir.rstrip("/")
+    if not bulk_dir:
+        raise BulkImportError(
+            "milvus.ingest=bulk_import needs milvus.bulk_dir (where the server reads files)"
+        )
+    _require_server(store)
+    bucket = split_s3(bulk_dir)[0] if is_s3(bulk_dir) else ""
+    store.delete(collection, list(batch.ids))
+    uris = write_bulk_files(storage, f"{bulk_dir}/{collection}/{name}", [batch])
+    report = ImportReport(collection, uris)
+    report.task_ids = start_import(store, collection, import_paths(uris, bucket))
+    wait_import(store, report)
+    if report.failures:
+        raise BulkImportError(f"bulk import of shard {name} into {collection!r} failed: {report.failures[0]}")
+    return report
+
+
+def start_embedded_server(base_dir: str, port: int = 0):
+    """Start the embedded Milvus 2.3 standalone server (PyPI `milvus`, a dev/test dependency) with its data under
+    `base_dir`, on `port` (0 = a free one); -> (server, uri, local_storage_dir). Stop it with server.stop().
+    It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir)."""
+    import socket
+
+    from milvus import MilvusServer
+
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    server = MilvusServer()
+    server.set_base_dir(str(base_dir))
+    server.config.update(proxy_port=port)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    storage = server.config.configurable_items["local_storage_dir"][1]
+    return server, f"http://127.0.0.1:{server.listen_port}", storage

@@ -155,7 +155,17 @@ def filter_expression(filters) -> str:
         parts.append(f"name == {milvus_literal(filters.name)}")
     if filters.entity_ids is not None:
         parts.append(in_expression("entity_id", list(filters.entity_ids)))
+    parts += partition_expression(filters)
     return " and ".join(parts)
+
+
+def partition_expression(filters) -> list[str]:
+    """The partition-key clause (milvus.partition_key): an equality on it lets Milvus search one partition."""
+    if getattr(filters, "partition", None) is None:
+        return []
+    from workers.milvus_store import PARTITION_FIELD
+
+    return [f"{PARTITION_FIELD} == {milvus_literal(filters.partition)}"]
 
 
 class MentionEncoder:

@@ -24,6 +24,8 @@ class Filters(_Strict):
     has_image: StrictBool | None = None  # only entities with (true) or without (false) an image
     name: StrictStr | None = Field(default=None, max_length=512)  # exact entity name
     entity_ids: list[StrictStr] | None = Field(default=None, max_length=1000)  # restrict to these ids
+    # the milvus.partition_key column's value (e.g. an entity type): Milvus searches that partition only
+    partition: StrictStr | None = Field(default=None, max_length=256)
 
     @field_validator("name", "entity_ids")
     @classmethod

@@ -1,7 +1,8 @@
-"""Issue 10: Milvus beyond Lite. The Parquet-writing half of bulk import runs here against moto's S3 server;
-the import itself needs a Milvus server and runs when MILVUS_URI is set (skipped otherwise).
+"""Milvus beyond Lite. The Parquet-writing half of bulk import runs against moto's S3 server; the import runs
+against the session's real Milvus 2.3 standalone server (tests/conftest.py `milvus_server`), which stores on its
+local disk, so the files are written there and imported by absolute path.
 
-Server run, e.g. with the Milvus docker-compose (MinIO bucket `a-bucket`):
+An external server with MinIO instead (e.g. the Milvus docker-compose, bucket `a-bucket`):
     MILVUS_URI=http://127.0.0.1:19530 MILVUS_BUCKET=a-bucket MILVUS_S3_ENDPOINT=http://127.0.0.1:9000 \
     AWS_ACCESS_KEY_ID=minioadmin AWS_SECRET_ACCESS_KEY=minioadmin pytest -m milvus_server tests/scale
 """
@@ -24,13 +25,6 @@ from workers.milvus_server import (
     server_only,
     start_import,
     write_bulk_files,
-)
-
-MILVUS_URI = os.environ.get("MILVUS_URI", "")
-needs_server = pytest.mark.skipif(
-    not MILVUS_URI,
-    reason="needs a Milvus server: set MILVUS_URI (e.g. http://127.0.0.1:19530), MILVUS_BUCKET (its minio.bucketName), "
-    "MILVUS_S3_ENDPOINT and AWS credentials of that bucket; no Milvus server can run on this machine",
 )
 
 
@@ -124,6 +118,9 @@ def test_import_paths_are_keys_inside_the_milvus_bucket():
         import_paths(["s3://other/mel/part-00000.parquet"], "a-bucket")
     with pytest.raises(ValueError, match="write the files to s3://"):
         import_paths(["/tmp/part-00000.parquet"], "a-bucket")
+    assert import_paths(["/srv/milvus/part-00000.parquet"], "") == ["/srv/milvus/part-00000.parquet"]
+    with pytest.raises(ValueError, match="absolute paths on its own disk"):
+        import_paths(["s3://b/part-00000.parquet"], "")
 
 
 def test_server_only_index_types():
@@ -144,25 +141,29 @@ def test_bulk_import_refuses_milvus_lite_with_a_clear_message(tmp_path):
         store.close(release_file=True)
 
 
-# -- the server half: runs only where MILVUS_URI points at a Milvus server --------------------------------------
+# -- the server half: the session's real Milvus server ----------------------------------------------------------
 @pytest.fixture
-def server_env(tmp_path):
+def server_env(milvus_server, tmp_path):
+    """(store, storage, bucket, prefix): bucket "" and a prefix on the server's own disk for the embedded server;
+    MILVUS_BUCKET and s3:// for an external server on MinIO/S3."""
     from kb_builder.config import StorageConfig
     from kb_builder.storage import Storage
     from workers.config import MilvusConfig
     from workers.milvus_store import MilvusStore
 
-    bucket = os.environ.get("MILVUS_BUCKET", "a-bucket")
+    uri, local_storage = milvus_server
+    bucket = os.environ.get("MILVUS_BUCKET", "") if os.environ.get("MILVUS_URI") else ""
+    root = f"s3://{bucket}/mel-tests" if bucket else f"{local_storage}/mel-tests"
     storage = Storage(
         StorageConfig(
-            root=f"s3://{bucket}/mel-tests",
+            root=root,
             s3_endpoint_url=os.environ.get("MILVUS_S3_ENDPOINT") or None,
             cache_dir=str(tmp_path / "cache"),
         )
     )
     alias = f"mel_scale_{uuid.uuid4().hex[:8]}"
     cfg = MilvusConfig(
-        uri=MILVUS_URI,
+        uri=uri,
         token=os.environ.get("MILVUS_TOKEN", ""),
         collection=alias,
         index_type="IVF_PQ",
@@ -170,29 +171,21 @@ def server_env(tmp_path):
         search_params={"nprobe": 8},
         consistency_level="Bounded",
     )
-    store = MilvusStore(cfg, MILVUS_URI)
-    yield store, storage, bucket
+    store = MilvusStore(cfg, uri)
+    yield store, storage, bucket, root
     for name in store.list_versions():
         store.drop(name)
     store.close()
 
 
 @pytest.mark.milvus_server
-@needs_server
-def test_bulk_import_from_s3_into_server_with_ivf_pq(server_env):
-    store, storage, bucket = server_env
+def test_bulk_import_into_server_with_ivf_pq(server_env):
+    store, storage, bucket, root = server_env
     name = f"{store.alias}_v1"
     store.create(name, 16)  # IVF_PQ: a server-only index type
     batches = make_batches(300, dim=16, batch_size=64, seed=1)
     report = bulk_import(
-        store,
-        name,
-        storage,
-        f"s3://{bucket}/mel-tests/{name}",
-        batches,
-        bucket,
-        rows_per_file=128,
-        timeout_s=600,
+        store, name, storage, f"{root}/{name}", batches, bucket, rows_per_file=128, timeout_s=600
     )
     assert len(report.files) == 3 and report.failures == []
     assert report.rows == 300
@@ -202,21 +195,58 @@ def test_bulk_import_from_s3_into_server_with_ivf_pq(server_env):
     assert [r["content_hash"] for r in got] == ["h0000", "h0299"]
     store.swap_alias(name)
     assert store.current_collection() == name
+    # an incremental upsert on top of the imported rows: keyed, so no duplicates
+    store.upsert(name, [{"entity_id": "Q0", "vector": np.ones(16), "content_hash": "new"}])
+    store.upsert(name, [{"entity_id": "Q300", "vector": np.ones(16), "content_hash": "h0300"}])
+    assert store.count(name) == 301
+    assert store.content_hashes(name, ["Q0", "Q300"]) == {"Q0": "new", "Q300": "h0300"}
 
 
 @pytest.mark.milvus_server
-@needs_server
 def test_bulk_import_reports_a_bad_file(server_env):
-    store, storage, bucket = server_env
+    store, storage, bucket, root = server_env
     name = f"{store.alias}_v2"
     store.create(name, 8)  # the files carry 16-d vectors: Milvus must refuse them
     with pytest.raises(BulkImportError, match="part-00000.parquet"):
-        bulk_import(
-            store,
-            name,
-            storage,
-            f"s3://{bucket}/mel-tests/{name}",
-            make_batches(10, 16, 10),
-            bucket,
-            timeout_s=600,
-        )
+        bulk_import(store, name, storage, f"{root}/{name}", make_batches(10, 16, 10), bucket, timeout_s=600)
+
+
+@pytest.mark.milvus_server
+def test_two_writers_at_once_and_a_reader_follows_the_alias(milvus_server):
+    """Two processes' worth of clients write one server collection concurrently (overlapping ids: keyed, so the
+    count is exact); a reader opened before an alias swap answers from the new collection without reopening."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.config import MilvusConfig
+    from workers.milvus_store import MilvusStore
+
+    uri, _ = milvus_server
+    cfg = MilvusConfig(collection=f"two_{uuid.uuid4().hex[:8]}")
+    writers = [MilvusStore(cfg, uri) for _ in range(2)]
+    reader = MilvusStore(cfg, uri)
+    name = f"{cfg.collection}_v1"
+    writers[0].create(name, 8)
+    rng = np.random.default_rng(0)
+
+    def write(k: int) -> int:
+        ids = range(k * 150, k * 150 + 300)  # ids 150..299 are written by both
+        rows = [{"entity_id": f"e{i}", "vector": rng.normal(size=8), "name": f"w{k}"} for i in ids]
+        return sum(writers[k].upsert(name, rows[s : s + 50]) for s in range(0, 300, 50))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(write, [0, 1])) == [300, 300]
+        assert writers[0].count(name) == 450
+        writers[0].swap_alias(name)
+        assert reader.count() == 450
+        second = f"{cfg.collection}_v2"
+        writers[1].create(second, 8)
+        writers[1].upsert(second, [{"entity_id": "only", "vector": np.ones(8)}])
+        writers[1].swap_alias(second)
+        assert reader.count() == 1  # the same reader, no restart: the alias now names v2
+        assert reader.search(np.ones((1, 8)), 5)[0][0].entity_id == "only"
+    finally:
+        for n in writers[0].list_versions():
+            writers[0].drop(n)
+        for s in [*writers, reader]:
+            s.close()

@@ -1,6 +1,9 @@
-"""MilvusStore on a real Milvus Lite file: exact counts, upsert without duplicates, alias swap, dim errors."""
+"""MilvusStore on a real Milvus Lite file AND a real Milvus 2.3 server (the session's `milvus_server`): exact
+counts, upsert without duplicates, alias swap, filters, dim errors."""
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 import pytest
@@ -23,69 +26,82 @@ def rows(ids, dim=8, seed=0, name="e"):
     ]
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = MilvusStore(MilvusConfig(collection="ents"), str(tmp_path / "milvus.db"))
+@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def store(request, tmp_path):
+    """The same tests on Milvus Lite and on the server; on the server each test gets its own alias (the
+    collection names below are rewritten with `store.alias`), dropped afterwards."""
+    if request.param == "lite":
+        s = MilvusStore(MilvusConfig(collection="ents"), str(tmp_path / "milvus.db"))
+        yield s
+        s.close(release_file=True)
+        return
+    uri, _ = request.getfixturevalue("milvus_server")
+    s = MilvusStore(MilvusConfig(collection=f"ents{uuid.uuid4().hex[:8]}"), uri)
     yield s
-    s.close(release_file=True)
+    for name in s.list_versions():
+        s.drop(name)
+    s.close()
+
+
+def v(store, tag: str) -> str:
+    """The versioned collection `<alias>_<tag>` of this store."""
+    return f"{store.alias}_{tag}"
 
 
 def test_upsert_is_keyed_and_count_exact(store):
-    store.create("ents_v1", 8)
-    store.upsert("ents_v1", rows([f"q{i}" for i in range(30)]))
-    store.upsert("ents_v1", rows([f"q{i}" for i in range(10, 40)], seed=1, name="new"))
-    assert store.count("ents_v1") == 40
-    got = store.get(["q15", "q5", "nope"], collection="ents_v1")
+    store.create(v(store, "v1"), 8)
+    store.upsert(v(store, "v1"), rows([f"q{i}" for i in range(30)]))
+    store.upsert(v(store, "v1"), rows([f"q{i}" for i in range(10, 40)], seed=1, name="new"))
+    assert store.count(v(store, "v1")) == 40
+    got = store.get(["q15", "q5", "nope"], collection=v(store, "v1"))
     assert [r["entity_id"] for r in got] == ["q15", "q5"]
     assert got[0]["name"] == "newq15" and got[1]["name"] == "eq5"
-    store.delete("ents_v1", ["q0", "q1", "missing"])
-    assert store.count("ents_v1") == 38
+    store.delete(v(store, "v1"), ["q0", "q1", "missing"])
+    assert store.count(v(store, "v1")) == 38
 
 
 def test_search_ranks_by_inner_product(store):
-    store.create("ents_v1", 4)
+    store.create(v(store, "v1"), 4)
     vecs = np.eye(4, dtype=np.float32)
     store.upsert(
-        "ents_v1", [{"entity_id": f"e{i}", "vector": v, "name": f"n{i}"} for i, v in enumerate(vecs)]
+        v(store, "v1"), [{"entity_id": f"e{i}", "vector": vec, "name": f"n{i}"} for i, vec in enumerate(vecs)]
     )
-    store.swap_alias("ents_v1")
+    store.swap_alias(v(store, "v1"))
     hits = store.search(np.array([[0.1, 0.0, 0.9, 0.2]]), top_k=2)
     assert [h.entity_id for h in hits[0]] == ["e2", "e3"]
     assert hits[0][0].name == "n2" and hits[0][0].score == pytest.approx(0.9, abs=1e-5)
-    assert [h.entity_id for h in store.search(vecs[:1], 3, filter='entity_id in ["e1", "e3"]')[0]] == [
-        "e1",
-        "e3",
-    ]
+    tied = store.search(vecs[:1], 3, filter='entity_id in ["e1", "e3"]')[0]  # both score 0: any order
+    assert sorted(h.entity_id for h in tied) == ["e1", "e3"]
 
 
 def test_alias_swap_drops_old_and_keeps_answering(store):
-    store.create("ents_v1", 4)
-    store.upsert("ents_v1", [{"entity_id": "old", "vector": [1, 0, 0, 0], "name": "old"}])
+    store.create(v(store, "v1"), 4)
+    store.upsert(v(store, "v1"), [{"entity_id": "old", "vector": [1, 0, 0, 0], "name": "old"}])
     assert store.current_collection() is None
-    store.swap_alias("ents_v1")
-    store.create("ents_v2", 4)
-    store.upsert("ents_v2", [{"entity_id": "new", "vector": [1, 0, 0, 0], "name": "new"}])
+    store.swap_alias(v(store, "v1"))
+    store.create(v(store, "v2"), 4)
+    store.upsert(v(store, "v2"), [{"entity_id": "new", "vector": [1, 0, 0, 0], "name": "new"}])
     assert store.search([[1, 0, 0, 0]], 1)[0][0].entity_id == "old"  # alias still on v1 while v2 fills
-    assert store.swap_alias("ents_v2") == "ents_v1"
-    assert store.current_collection() == "ents_v2"
+    assert store.swap_alias(v(store, "v2")) == v(store, "v1")
+    assert store.current_collection() == v(store, "v2")
     assert store.search([[1, 0, 0, 0]], 1)[0][0].entity_id == "new"
-    assert store.list_versions() == ["ents_v2"]
+    assert store.list_versions() == [v(store, "v2")]
 
 
 def test_dimension_mismatch_is_a_clear_error(store):
-    store.create("ents_v1", 8)
-    with pytest.raises(DimensionMismatchError, match=r"'ents_v1' stores 8-d vectors .* 16-d"):
-        store.create("ents_v1", 16)
+    store.create(v(store, "v1"), 8)
+    with pytest.raises(DimensionMismatchError, match=rf"'{v(store, 'v1')}' stores 8-d vectors .* 16-d"):
+        store.create(v(store, "v1"), 16)
     with pytest.raises(DimensionMismatchError, match="entity 'bad'"):
-        store.upsert("ents_v1", [{"entity_id": "bad", "vector": np.zeros(5)}])
-    assert store.count("ents_v1") == 0
+        store.upsert(v(store, "v1"), [{"entity_id": "bad", "vector": np.zeros(5)}])
+    assert store.count(v(store, "v1")) == 0
 
 
 def test_names_are_clipped_on_utf8_boundaries(store):
-    store.create("ents_v1", 2)
+    store.create(v(store, "v1"), 2)
     long_name = "é" * 3000  # 6000 bytes
-    store.upsert("ents_v1", [{"entity_id": "x", "vector": [1, 0], "name": long_name}])
-    assert store.get(["x"], collection="ents_v1")[0]["name"] == "é" * 1024
+    store.upsert(v(store, "v1"), [{"entity_id": "x", "vector": [1, 0], "name": long_name}])
+    assert store.get(["x"], collection=v(store, "v1"))[0]["name"] == "é" * 1024
     assert clip_utf8("aé", 2) == "a"
 
 
@@ -129,3 +145,34 @@ def test_ids_with_quotes_backslashes_and_unicode_are_got_searched_and_deleted(st
         assert [h.entity_id for h in only[0]] == [entity_id]
     store.delete("ents_v1", odd[:4])
     assert store.count("ents_v1") == len(odd) - 4
+
+
+def test_partition_key_filter_never_crosses_partitions(store):
+    """milvus.partition_key: the KB column's value goes to the `partition` field, a Milvus partition key; a
+    filter on it returns entities of that partition only, even when top_k exceeds the partition's size."""
+    from workers.milvus_store import PARTITION_FIELD
+
+    keyed = MilvusStore(MilvusConfig(collection=store.alias, partition_key="type"), store.uri)
+    name = v(store, "v1")
+    keyed.create(name, 8)
+    kinds = ["person", "place", "work"]
+    data = rows([f"e{i}" for i in range(60)])
+    for i, row in enumerate(data):
+        row[PARTITION_FIELD] = kinds[i % 3]
+    keyed.upsert(name, data)
+    assert keyed.count(name) == 60
+    queries = np.random.default_rng(5).normal(size=(4, 8))
+    for kind in kinds:
+        hits = keyed.search(queries, top_k=50, filter=f'{PARTITION_FIELD} == "{kind}"', collection=name)
+        want = {f"e{i}" for i in range(60) if kinds[i % 3] == kind}
+        assert [sorted({h.entity_id for h in q} - want) for q in hits] == [[]] * 4  # nothing from elsewhere
+        assert [len(q) for q in hits] == [20] * 4
+    assert keyed.search(queries[:1], 10, filter=f'{PARTITION_FIELD} == "none"', collection=name) == [[]]
+    moved = rows(["e0"], seed=9)[0] | {PARTITION_FIELD: "place"}  # e0 was a person: re-keyed, not duplicated
+    keyed.upsert(name, [moved])
+    assert keyed.count(name) == 60
+    place = keyed.search(queries[:1], 50, filter=f'{PARTITION_FIELD} == "place"', collection=name)[0]
+    person = keyed.search(queries[:1], 50, filter=f'{PARTITION_FIELD} == "person"', collection=name)[0]
+    assert "e0" in {h.entity_id for h in place} and "e0" not in {h.entity_id for h in person}
+    assert (len(place), len(person)) == (21, 19)
+    keyed.close()

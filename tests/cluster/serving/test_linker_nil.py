@@ -53,6 +53,12 @@ def test_confidence_is_the_calibrated_softmax_and_nil_is_decided_on_it():
     ] == [1]
 
 
+def test_partition_filter_is_a_quoted_equality_on_the_partition_key():
+    assert filter_expression(Filters(partition="person")) == 'partition == "person"'
+    expr = filter_expression(Filters(has_image=False, partition='x" or "1"=="1'))
+    assert expr.startswith('has_image == false and partition == "x\\')  # the quote is escaped
+
+
 def test_filter_expressions_quote_user_strings():
     assert filter_expression(None) == ""
     assert filter_expression(Filters(has_image=True)) == "has_image == true"
