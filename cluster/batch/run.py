@@ -136,7 +136,10 @@ def _summarise(storage, output: str, report: BatchReport, ks: list[int]) -> None
     """Counts over every part (this run's and earlier ones'), rejects over every rejects file, gold metrics."""
     parts = [u for u in storage.list(_join(output, "parts")) if u.endswith(".parquet")]
     cols = ["nil", "entity_ids", "gold_entity_id"]
-    frame = pl.concat([pl.read_parquet(io.BytesIO(storage.read_bytes(u)), columns=cols) for u in parts])
+    frames = [pl.read_parquet(io.BytesIO(storage.read_bytes(u)), columns=cols) for u in parts]
+    frame = (
+        pl.concat(frames) if frames else pl.DataFrame(schema={"nil": pl.Boolean, "gold_entity_id": pl.String})
+    )
     report.rows, report.nil = frame.height, int(frame["nil"].sum())
     report.linked = report.rows - report.nil
     rejects = [u for u in storage.list(_join(output, "rejects")) if u.endswith(".jsonl")]
