@@ -93,6 +93,13 @@ def _link(args):
     print(link(url, args.mention, context=args.context, image=args.image, top_k=args.top_k))
 
 
+def _link_batch(args):
+    cfg = _config(args)
+    from cluster.batch.run import run_link_batch
+
+    print(run_link_batch(cfg, args.inputs, args.output).summary())
+
+
 def _quickstart(args):
     cfg = _config(args)
     from cluster.quickstart import run_quickstart
@@ -193,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--top-k", type=int, default=5)
     link.add_argument("--url", default=None, help="server URL (default: serve.host:serve.port)")
     link.set_defaults(func=_link)
+
+    batch = sub.add_parser("link-batch", help="link a file/folder/glob/s3:// of mentions offline on Ray Data")
+    batch.add_argument("--input", dest="inputs", action="append", required=True, help="repeatable")
+    batch.add_argument("--output", required=True, help="folder or s3:// prefix (re-runs skip finished parts)")
+    batch.set_defaults(func=_link_batch)
 
     sub.add_parser("quickstart", help="sample KB -> index -> train -> eval -> serve -> link").set_defaults(
         func=_quickstart

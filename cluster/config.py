@@ -127,6 +127,18 @@ class ServeConfig:
 
 
 @dataclass
+class BatchConfig:
+    """`mel link-batch`: the Ray Data actor pool that links mention files offline (cluster/batch)."""
+
+    actors: int = 1  # LinkActor replicas, each holding the model (size to the GPUs or CPUs you have)
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0  # > 0: actors encode and rerank on a GPU share
+    batch_size: int = 64  # mentions per map_batches call (one encode, one ANN search, one rerank)
+    rows_per_part: int = 10_000  # rows per output Parquet part, the unit a re-run skips when done
+    top_k: int = 10  # candidates written per mention (serve.retrieve_k are reranked, as /link)
+
+
+@dataclass
 class MELConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -138,6 +150,7 @@ class MELConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dme: DMEConfig = field(default_factory=DMEConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
 
 class ConfigError(ValueError):

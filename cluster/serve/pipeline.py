@@ -163,7 +163,7 @@ def partition_expression(filters) -> list[str]:
     """The partition-key clause (milvus.partition_key): an equality on it lets Milvus search one partition."""
     if getattr(filters, "partition", None) is None:
         return []
-    from workers.milvus_store import PARTITION_FIELD
+    from workers.milvus_store import PARTITION_FIELD, milvus_literal
 
     return [f"{PARTITION_FIELD} == {milvus_literal(filters.partition)}"]
 

@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ["dme"],
     ["serve"],
     ["link"],
+    ["link-batch"],
     ["quickstart"],
     ["bench-paper"],
 ]

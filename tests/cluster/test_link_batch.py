@@ -1,0 +1,136 @@
+"""`mel link-batch` on the sample KB: the same answers as the in-process Linker (serving's classes), rejects
+with reasons, and a driver SIGKILLed mid-run whose re-run writes every input row exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.fixtures import REPO
+
+SETS = ["kb.sample_entities=120", "kb.sample_mentions=400", "batch.batch_size=8", "batch.rows_per_part=16"]
+
+
+@pytest.fixture(scope="module")
+def linked_kb(tmp_path_factory, ray_session):
+    """Sample KB -> models/init -> one indexed collection behind the alias, on a Lite server of this process."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    from cluster.artifacts import serving_model_dir
+    from cluster.config import load_config
+    from kb_builder.build import build_kb
+    from kb_builder.shards import read_entities, read_mentions
+    from kb_builder.storage import Storage
+    from tests.cluster.serving.helpers import index_collection, swap_alias
+
+    tmp = tmp_path_factory.mktemp("batch")
+    sets = [f"storage.root={tmp / 'data'}", f"storage.cache_dir={tmp / 'cache'}", *SETS]
+    cfg = load_config(overrides=sets)
+    build_kb(cfg.kb, cfg.storage, progress=False)
+    lite_file = str(tmp / "data" / "milvus.db")
+    cfg.milvus.uri = server_manager_instance.start_and_get_uri(lite_file)
+    sets.append(f"milvus.uri={cfg.milvus.uri}")
+    model_dir = serving_model_dir(cfg)
+    storage = Storage(cfg.storage)
+    entities = read_entities(storage, cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"])
+    swap_alias(cfg, index_collection(cfg, model_dir, f"{cfg.milvus.collection}_v1", entities.to_dicts()))
+    test = read_mentions(storage, cfg.kb.name, split="test")
+    rows = test.select("mention_id", "mention", "context", "image_uri", "gold_entity_id").to_dicts()
+    bad = [
+        {"mention_id": "bad-empty", "mention": ""},
+        {"mention_id": "bad-image", "mention": "Paris", "image_uri": str(tmp / "data" / "missing.jpg")},
+    ]
+    src = tmp / "mentions.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows[:20] + bad + rows[20:]))
+    yield cfg, sets, src, rows
+    server_manager_instance.release_server(lite_file)
+
+
+def test_link_batch_equals_linker_and_rejects_bad_rows(linked_kb, tmp_path):
+    from cluster.batch.run import run_link_batch
+    from cluster.serve.pipeline import Linker, MentionQuery
+    from workers.images import ImageLoader
+
+    cfg, _, src, rows = linked_kb
+    report = run_link_batch(cfg, [str(src)], str(tmp_path / "out"), progress=False)
+    assert (report.rows, report.rejected, report.skipped_parts) == (len(rows), 2, 0)
+    assert report.linked + report.nil == len(rows) and report.gold_rows == sum(
+        1 for r in rows if r["gold_entity_id"]
+    )
+    assert 0.0 < report.mrr <= 1.0 and set(report.hits) >= {"hits@1", "hits@10"}
+    reasons = [
+        json.loads(x)["reason"]
+        for f in sorted((tmp_path / "out" / "rejects").glob("*.jsonl"))
+        for x in f.read_text().splitlines()
+    ]
+    assert any("missing mention" in r for r in reasons) and any("unreadable image" in r for r in reasons)
+
+    out = pl.read_parquet(tmp_path / "out" / "parts" / "*.parquet")
+    assert sorted(out["mention_id"].to_list()) == sorted(r["mention_id"] for r in rows)
+    linker, images = (
+        Linker.from_config(cfg, device="cpu"),
+        ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb),
+    )
+    by_id = {r["mention_id"]: r for r in out.to_dicts()}
+    for row in rows[:24]:
+        query = MentionQuery(
+            row["mention"], row["context"] or "", images.load(row["image_uri"])[0], cfg.batch.top_k
+        )
+        answer = linker.link([query])[0]
+        got = by_id[row["mention_id"]]
+        assert got["entity_ids"] == [c["entity_id"] for c in answer["candidates"]]
+        assert got["scores"] == pytest.approx([c["score"] for c in answer["candidates"]], abs=1e-4)
+        assert got["nil"] == answer["nil"]
+
+
+def _done_parts(out: Path) -> list[Path]:
+    return sorted((out / "parts").glob("part-*.parquet"))
+
+
+@pytest.mark.slow
+def test_driver_kill_9_then_rerun_writes_every_row_once(linked_kb, tmp_path):
+    from cluster.batch.run import run_link_batch
+
+    cfg, sets, src, rows = linked_kb
+    out = tmp_path / "out"
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        *[a for s in sets for a in ("--set", s)],
+        "--set",
+        "ray.num_cpus=1",
+    ]
+    child = subprocess.Popen(
+        [*argv, "link-batch", "--input", str(src), "--output", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        while child.poll() is None and not _done_parts(out):  # kill as soon as one part is written
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)  # the driver and its local Ray
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL, "the driver finished before it could be killed"
+    done = len(_done_parts(out))
+    parts = -(-len(rows) // cfg.batch.rows_per_part)
+    assert 1 <= done < parts
+
+    report = run_link_batch(cfg, [str(src)], str(out), progress=False)
+    assert (report.parts, report.skipped_parts) == (parts, done)
+    ids = pl.read_parquet(out / "parts" / "*.parquet")["mention_id"].to_list()
+    assert len(ids) == len(rows) and sorted(ids) == sorted(r["mention_id"] for r in rows)
