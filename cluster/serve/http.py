@@ -288,5 +288,8 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
             return _error(404, f"entity_id: unknown entity {entity_id!r}", request, "entity_id")
         return row
 
+    from cluster.serve.ui import mount_ui
+
+    mount_ui(app, backend, serve_cfg, image_loader)  # the playground at /ui and the KB browser's API
     app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes)  # outermost: before parsing
     return app

@@ -91,6 +91,16 @@ class Entity(BaseModel):
     image_uris: list[str] = []
 
 
+class EntityPage(BaseModel):
+    """`GET /entities?q=&offset=&limit=`: one page of the KB browser; `total` counts every match."""
+
+    query: str
+    total: int
+    offset: int
+    limit: int
+    entities: list[Entity]
+
+
 class ErrorBody(BaseModel):
     """Every 4xx/5xx answer: a message naming the offending field where there is one, and the request id."""
 
