@@ -153,8 +153,10 @@ function renderResult(r) {
   verdict.textContent = r.nil
     ? `NIL: no entity in the KB matches (best score ${fmt(best)}${th == null ? "" : ` < threshold ${fmt(th)}`}).`
     : `Linked to ${cands[0].name} (score ${fmt(best)}${th == null ? ", no NIL threshold calibrated" : ` ≥ threshold ${fmt(th)}`}).`;
+  // bars span this list's scores (and the threshold), with a 10% floor so the last one still shows
   const scores = cands.map((c) => c.score).concat(th == null ? [] : [th]);
-  const lo = Math.min(...scores, 0), hi = Math.max(...scores);
+  const top = Math.max(...scores), bottom = Math.min(...scores);
+  const hi = top, lo = bottom - Math.max(0.1 * (top - bottom), 1e-6);
   const list = $("candidates"); list.replaceChildren(...cands.map((c) => renderCandidate(c, lo, hi, th)));
   if (cands.some((c) => c.units)) list.after(legend(["text", "image", "cross"]));
   const usage = r.explain && r.explain.expert_usage;
@@ -220,8 +222,10 @@ $("next").addEventListener("click", () => browse(state.browseOffset + (parseInt(
 async function showEntity(entityId) {
   $("err-entity").textContent = "";
   const path = `/entities/${encodeURIComponent(entityId)}`;
-  $("entity-id").textContent = entityId; $("entity-json").href = path;
+  for (const id of ["entity-id", "entity-description"]) $(id).textContent = "";
+  $("entity-name").textContent = "Loading…"; $("entity-json").href = path;
   const r = await api(path, {});
+  $("entity-id").textContent = entityId;
   if (!r.ok) { $("entity-name").textContent = "Unknown entity"; showError(r.status, r.body, "err-entity"); return; }
   const en = r.body;
   $("entity-name").textContent = en.name;
