@@ -230,7 +230,7 @@ class Retriever:
         """name/description/aliases of every entity, reloaded when the alias moves (the KB may have changed)."""
         from kb_builder.shards import read_entities
 
-        cols = ["entity_id", "name", "description", "aliases", "image_uris"]
+        cols = ["entity_id", "name", "description", "aliases", "image_uris", "attributes"]
         df = read_entities(self.storage, self.cfg.kb.name, columns=cols)
         self._catalog = {row["entity_id"]: row for row in df.iter_rows(named=True)}
         self._catalog_for, self._catalog_at = collection, time.monotonic()

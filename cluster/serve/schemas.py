@@ -7,7 +7,10 @@ models are static and the limits are per deployment.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 
 class _Strict(BaseModel):
@@ -89,6 +92,18 @@ class Entity(BaseModel):
     description: str
     aliases: list[str] = []
     image_uris: list[str] = []
+    attributes: dict[str, Any] = {}  # the KB's JSON attributes, e.g. {"type": "river"}
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _parse_attributes(cls, value):
+        """The catalog keeps the KB's JSON string; an unreadable one is shown as no attributes."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return {}
+        return value if isinstance(value, dict) else {}
 
 
 class EntityPage(BaseModel):

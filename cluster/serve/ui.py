@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -21,6 +22,12 @@ from cluster.serve.schemas import EntityPage
 UI_DIR = Path(__file__).with_name("ui")
 THUMBNAIL_PX = 256  # longest side of a served entity image: enough for a card, small on the wire
 MAX_PAGE = 100  # entities per KB-browser page, like top_k's limit
+
+
+class BrowseBackend(Protocol):
+    """What these routes call besides `LinkBackend.entity`: `LinkIngress` and `pipeline.Linker` both have it."""
+
+    async def search_entities(self, query: str, offset: int, limit: int) -> dict: ...
 
 
 def _thumbnail_jpeg(loader, uri: str) -> bytes | None:
@@ -34,7 +41,7 @@ def _thumbnail_jpeg(loader, uri: str) -> bytes | None:
     return out.getvalue()
 
 
-def mount_ui(app: FastAPI, backend, serve_cfg, image_loader=None) -> None:
+def mount_ui(app: FastAPI, backend: BrowseBackend, serve_cfg, image_loader=None) -> None:
     """Add `/ui/`, the KB search and the entity image routes to `app` (errors use the API's error body)."""
     from cluster.serve.http import ApiError
 

@@ -66,6 +66,7 @@ function clearImage() {
   state.image = null; $("image").value = ""; $("preview").hidden = true; $("preview").removeAttribute("src");
   $("clear-image").hidden = true;
 }
+$("preview").addEventListener("error", () => { $("preview").hidden = true; });  // the server will say why
 $("image").addEventListener("change", (e) => readImage(e.target.files[0]));
 $("clear-image").addEventListener("click", clearImage);
 const drop = $("drop");
@@ -236,6 +237,7 @@ async function showEntity(entityId) {
   let attrs = Object.entries(en).filter(([k]) => !known.has(k));
   if (attrs.length === 1 && attrs[0][0] === "attributes" && attrs[0][1] && typeof attrs[0][1] === "object") attrs = Object.entries(attrs[0][1]);
   $("entity-attributes").replaceChildren(...attrs.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: typeof v === "string" ? v : JSON.stringify(v) })]));
+  if (!attrs.length) $("entity-attributes").append(el("dd", { class: "muted", text: "none" }));
   const n = Math.max(1, (en.image_uris || []).length);
   $("entity-images").replaceChildren();
   for (let i = 0; i < n; i++) {

@@ -31,6 +31,7 @@ def test_search_by_name_and_alias_with_paging(served_kb, client):
     beyond = client.get("/entities", params={"offset": 10_000}).json()
     assert beyond["entities"] == [] and beyond["total"] == len(served_kb.entities)
     assert client.get("/entities", params={"q": "no such entity zzz"}).json()["total"] == 0
+    assert isinstance(page["entities"][0]["attributes"], dict)  # the KB's JSON string, parsed
 
 
 def test_search_aliases(served_kb, client):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures import wait_until
@@ -44,7 +45,7 @@ def _link(driver, url: str, mention: str, context: str, image: Path | None) -> N
     driver.find_element("id", "context").send_keys(context)
     if image is not None:
         driver.find_element("id", "image").send_keys(str(image))
-        wait_until(lambda: driver.find_element("id", "preview").is_displayed(), what="image preview")
+        wait_until(lambda: driver.find_element("id", "clear-image").is_displayed(), what="the image read")
     driver.find_element("id", "link-button").click()
 
 
@@ -103,6 +104,9 @@ def test_entity_page_opens_from_a_candidate_and_from_the_kb_browser(served_kb, b
     assert _text(browser, "entity-name") == shown["name"]
     assert _text(browser, "entity-description") == shown["description"]
     assert browser.current_url.endswith("#entity/" + target)
+    attributes = httpx.get(f"{served_kb.url}/entities/{target}", timeout=60).json()["attributes"]
+    on_page = _text(browser, "entity-attributes")
+    assert attributes and all(f"{k}\n{v}" in on_page for k, v in attributes.items() if isinstance(v, str))
     browser.save_screenshot(str(tmp_path / "entity.png"))
 
     browser.get(f"{served_kb.url}/ui/#browse")
