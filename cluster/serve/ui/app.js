@@ -98,9 +98,9 @@ function stacked(label, parts, total, unit = "") {
   return el("div", { class: "bar" }, el("span", { class: "lbl", text: label }), strip, el("span", { text: total }));
 }
 
-function legend(keys) {
+function legend(keys, values = {}) {
   const p = el("p", { class: "muted" });
-  for (const k of keys) p.append(el("span", { class: "key k-" + k }), k);
+  for (const k of keys) p.append(el("span", { class: "key k-" + k }), k in values ? `${k} ${values[k]}` : k);
   return p;
 }
 
@@ -159,7 +159,9 @@ function renderResult(r) {
   const top = Math.max(...scores), bottom = Math.min(...scores);
   const hi = top, lo = bottom - Math.max(0.1 * (top - bottom), 1e-6);
   const list = $("candidates"); list.replaceChildren(...cands.map((c) => renderCandidate(c, lo, hi, th)));
-  if (cands.some((c) => c.units)) list.after(legend(["text", "image", "cross"]));
+  const old = $("units-legend");
+  if (old) old.remove();
+  if (cands.some((c) => c.units)) list.after(Object.assign(legend(["text", "image", "cross"]), { id: "units-legend" }));
   const usage = r.explain && r.explain.expert_usage;
   $("usage-fig").hidden = !usage;
   $("usage").replaceChildren(...Object.entries(usage || {}).map(([layer, w]) => usageChart(layer, w)));
@@ -167,7 +169,7 @@ function renderResult(r) {
   const stages = ["encode", "retrieve", "rerank"].filter((k) => k in t).map((k) => [k, t[k]]);
   const other = (t.total || 0) - stages.reduce((s, [, v]) => s + v, 0);
   if (other > 0) stages.push(["other", other]);
-  $("timings").replaceChildren(stacked("stages", stages, `${fmt(t.total, 1)} ms total`, " ms"), legend(stages.map(([k]) => k)));
+  $("timings").replaceChildren(stacked("stages", stages, `${fmt(t.total, 1)} ms total`, " ms"), legend(stages.map(([k]) => k), Object.fromEntries(stages.map(([k, v]) => [k, `${fmt(v, 1)} ms`]))));
   $("result").hidden = false;
 }
 
