@@ -73,7 +73,7 @@ def test_gold_mention_ranks_first_on_the_page(served_kb, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "link.png"))
     assert (tmp_path / "link.png").stat().st_size > 0
     height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1200, height + 200)  # + the window frame  # the whole answer: candidates, expert usage, latency
+    browser.set_window_size(1200, height + 200)  # the whole answer, plus room for the window frame
     browser.save_screenshot(str(tmp_path / "link-full.png"))
     browser.set_window_size(1200, 1400)
 
