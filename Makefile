@@ -2,7 +2,7 @@ PY ?= python3
 PIP ?= $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test soak bench quickstart
+.PHONY: help install browser-deps lint test soak bench quickstart
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -11,11 +11,14 @@ install:  ## install the package and its dev tools (torch pinned to the CPU buil
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
 
+browser-deps:  ## Debian chromium + chromium-driver for the `browser` tests, only when missing
+	bash scripts/browser_deps.sh
+
 lint:  ## ruff + import-linter contracts
 	ruff check .
 	lint-imports
 
-test: install  ## the full test suite minus the soak; exit 5 (no tests) fails
+test: install browser-deps  ## the full test suite minus the soak; exit 5 (no tests) fails
 	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -22,6 +22,7 @@ class QuickstartResult:
     answers: list[dict] = field(default_factory=list)  # one per linked mention: request, gold, top candidates
     model_dir: str = ""
     seconds: dict = field(default_factory=dict)  # step -> wall seconds
+    serve_url: str = "http://127.0.0.1:8000"  # where `mel serve` will listen (serve.host / serve.port)
 
     def summary(self) -> str:
         def h1(metrics: dict) -> str:
@@ -40,6 +41,8 @@ class QuickstartResult:
             "  time: "
             + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items())
             + f" (total {total:.0f}s)",
+            f"  playground: run `mel serve --set serve.checkpoint={self.model_dir}` (same --config/--set as"
+            f" this run), then open {self.serve_url}/ui/",
         ]
         return "\n".join(lines)
 
@@ -129,7 +132,7 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     from kb_builder.build import build_kb
     from kb_builder.storage import Storage
 
-    result = QuickstartResult()
+    result = QuickstartResult(serve_url=f"http://{cfg.serve.host}:{cfg.serve.port}")
     owns_ray = not ray.is_initialized()  # a caller's Ray (e.g. a test session) is left running
     init_ray(cfg.ray)
     try:

@@ -45,6 +45,8 @@ def test_quickstart_end_to_end(mel_config, capfd):
 
     # mentions were linked over HTTP, and unambiguous ones go to their gold entity
     assert len(result.answers) == 8
+    assert f"mel serve --set serve.checkpoint={result.model_dir}" in result.summary()
+    assert f"http://{cfg.serve.host}:{cfg.serve.port}/ui/" in result.summary()
     assert all(a["candidates"] and a["candidates"][0]["rank"] == 1 for a in result.answers)
     unambiguous = [a for a in result.answers if not a["ambiguous"]]
     assert len(unambiguous) == 4

@@ -111,6 +111,9 @@ class Retriever:
     async def entity(self, entity_id: str):
         return await asyncio.to_thread(self.retriever.entity, entity_id)
 
+    async def search_entities(self, query: str, offset: int, limit: int):
+        return await asyncio.to_thread(self.retriever.search_entities, query, offset, limit)
+
     async def ready(self):
         return await asyncio.to_thread(self.retriever.ready)
 
@@ -172,6 +175,9 @@ class LinkIngress:
 
     async def entity(self, entity_id: str) -> dict | None:
         return await self.retriever.entity.remote(entity_id)
+
+    async def search_entities(self, query: str, offset: int, limit: int) -> dict:
+        return await self.retriever.search_entities.remote(query, offset, limit)
 
     async def readiness(self) -> tuple[bool, dict]:
         """Replicas answer only once their model is loaded; the collection must exist and hold rows."""
@@ -375,6 +381,7 @@ def run_serve(cfg: MELConfig) -> None:
     """`mel serve`: deploy, print the URL, block until Ctrl-C / SIGTERM, then shut Serve down cleanly."""
     url = start_serve(cfg)
     print(f"serving at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops", flush=True)
+    print(f"playground: open {url}/ui/ in a browser to link mentions and browse the KB", flush=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -268,5 +268,8 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
         uris = [u for u in row.get("image_uris") or [] if str(u).lower().startswith(("http://", "https://"))]
         return {**row, "image_uris": uris}
 
+    from cluster.serve.ui import mount_ui
+
+    mount_ui(app, backend, serve_cfg, image_loader)  # the playground at /ui and the KB browser's API
     app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes)  # outermost: before parsing
     return app

@@ -241,7 +241,7 @@ class Retriever:
         """name/description/aliases of every entity, reloaded when the alias moves (the KB may have changed)."""
         from kb_builder.shards import read_entities
 
-        cols = ["entity_id", "name", "description", "aliases", "image_uris"]
+        cols = ["entity_id", "name", "description", "aliases", "image_uris", "attributes"]
         df = read_entities(self.storage, self.cfg.kb.name, columns=cols)
         self._catalog = {row["entity_id"]: row for row in df.iter_rows(named=True)}
         self._catalog_for, self._catalog_at = collection, time.monotonic()
@@ -252,6 +252,34 @@ class Retriever:
             self._load_catalog(collection)
         row = self._catalog.get(entity_id)
         return None if row is None else dict(row)
+
+    def search_entities(self, query: str, offset: int, limit: int) -> dict:
+        """KB browser: entities whose name or an alias contains `query` (case-insensitive), exact matches,
+        then prefixes, then the rest, each by name; `total` counts all matches for paging."""
+        collection = self.collection()
+        if collection and self._catalog_for != collection:
+            self._load_catalog(collection)
+        q = query.strip().casefold()
+
+        def rank(row: dict) -> int | None:
+            names = [row["name"] or "", *(row.get("aliases") or [])]
+            folded = [n.casefold() for n in names]
+            if not q:
+                return 3
+            return (
+                0
+                if q in folded
+                else 1
+                if any(n.startswith(q) for n in folded)
+                else 2
+                if any(q in n for n in folded)
+                else None
+            )
+
+        ranked = [(r, row) for row in self._catalog.values() if (r := rank(row)) is not None]
+        ranked.sort(key=lambda item: (item[0], item[1]["name"] or "", item[1]["entity_id"]))
+        page = [dict(row) for _, row in ranked[offset : offset + limit]]
+        return {"query": query, "total": len(ranked), "offset": offset, "limit": limit, "entities": page}
 
     def ready(self) -> tuple[bool, dict]:
         collection = self.collection()
@@ -452,6 +480,9 @@ class Linker:
 
     async def entity(self, entity_id: str) -> dict | None:
         return await asyncio.to_thread(self.retriever.entity, entity_id)
+
+    async def search_entities(self, query: str, offset: int, limit: int) -> dict:
+        return await asyncio.to_thread(self.retriever.search_entities, query, offset, limit)
 
     async def readiness(self) -> tuple[bool, dict]:
         return guard_readiness(*await asyncio.to_thread(self.retriever.ready), self.tag)

@@ -7,6 +7,9 @@ models are static and the limits are per deployment.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 MAX_BATCH_CEILING = (
@@ -115,6 +118,28 @@ class Entity(BaseModel):
     description: str
     aliases: list[str] = []
     image_uris: list[str] = []
+    attributes: dict[str, Any] = {}  # the KB's JSON attributes, e.g. {"type": "river"}
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _parse_attributes(cls, value):
+        """The catalog keeps the KB's JSON string; an unreadable one is shown as no attributes."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return {}
+        return value if isinstance(value, dict) else {}
+
+
+class EntityPage(BaseModel):
+    """`GET /entities?q=&offset=&limit=`: one page of the KB browser; `total` counts every match."""
+
+    query: str
+    total: int
+    offset: int
+    limit: int
+    entities: list[Entity]
 
 
 class ErrorBody(BaseModel):

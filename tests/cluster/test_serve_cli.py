@@ -86,6 +86,7 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
         gold = entities[0]
         reply = httpx.post(f"{url}/link", json={"mention": gold["name"], "top_k": 5}, timeout=60)
         assert reply.status_code == 200 and len(reply.json()["candidates"]) == 5
+        assert httpx.get(f"{url}/ui/", timeout=60).status_code == 200  # the playground it printed
 
         child.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         rc = child.wait(timeout=180)
@@ -96,6 +97,7 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     output = Path(log.name).read_text()
     assert rc == 0, output[-3000:]
     assert "serving at" in output and "shutting down Serve" in output
+    assert f"playground: open {url}/ui/" in output
     assert "Traceback" not in output, output[-3000:]
     try:  # Ray's own processes (raylet, GCS) follow the driver out
         wait_until(lambda: not _group_alive(child.pid) and _port_is_free(port), timeout_s=60, interval_s=1.0)
