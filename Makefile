@@ -14,11 +14,13 @@ install:  ## install the package and its dev tools (torch pinned to the CPU buil
 browser-deps:  ## Debian chromium + chromium-driver for the `browser` tests, only when missing
 	bash scripts/browser_deps.sh
 
-lint:  ## ruff + import-linter contracts
+lint:  ## ruff check, ruff format --check, import-linter contracts (layers, no cycles)
 	ruff check .
+	ruff format --check .
 	lint-imports
 
-test: install browser-deps  ## the full test suite minus the soak; exit 5 (no tests) fails
+test: install browser-deps  ## lint, then the full test suite minus the soak; exit 5 (no tests) fails
+	$(MAKE) lint
 	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

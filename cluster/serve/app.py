@@ -325,7 +325,7 @@ def start_serve(cfg: MELConfig) -> str:
     """Deploy on the running (or a new) Ray and return the base URL; does not block."""
     from ray.serve.schema import LoggingConfig
 
-    from cluster.runtime import init_ray, verbose
+    from cluster.runtime import init_ray, quiet_ray_logs, verbose
 
     init_ray(cfg.ray)
     cfg = _local_lite_server(cfg)
@@ -333,6 +333,7 @@ def start_serve(cfg: MELConfig) -> str:
         enable_access_log=cfg.serve.access_log, log_level="INFO" if verbose() else "ERROR"
     )
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=logging_config)
+    quiet_ray_logs()  # Serve configures its driver-side logger on start: quiet it again
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=logging_config)
     host, port = _proxy_address(cfg.serve.host, cfg.serve.port)
     _wait_for_port(host, port)
