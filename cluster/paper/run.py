@@ -24,7 +24,7 @@ from cluster.paper.protocol import ProtocolRun
 from cluster.paper.table import OurRow, paper_table
 
 PRESETS = ("wikimel", "richpediamel", "wikidiverse")
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 GATES = ("token", "reference")
 # Changing these changes the weights' shapes: models/init cannot be reused across them.
 STRUCTURAL_MMOE_KEYS = ("dim", "num_experts", "expert_hidden_mult", "text_max_tokens")
