@@ -37,7 +37,8 @@ def quiet_ray_logs() -> None:
     """
     if verbose():
         return
-    for name in RAY_LOGGERS:
+    existing = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+    for name in {*RAY_LOGGERS, *existing}:  # children configured with their own level are quieted too
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

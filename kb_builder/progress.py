@@ -1,8 +1,9 @@
 """The one progress meter of the project, on tqdm: items done, rate and time left, then a one-line summary.
 
 Every long phase (KB build, indexing, DME, entity encoding, scoring, mining, checkpointing) uses it. tqdm does
-the counting, throttling, rate and ETA; we only print each status as a whole line (to stderr) instead of
-redrawing one, so the logs of Ray workers and CI stay readable.
+the counting, throttling, rate and ETA; we only print each status as a whole line instead of redrawing one,
+so the logs of Ray workers and CI stay readable. Lines go to stdout: the stream Ray forwards from workers to the
+console (their stderr, where Ray's own loggers write, stays in Ray's log files; see cluster.runtime).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Progress:
         stream=None,
     ):
         self.label, self.unit, self.enabled = label, unit, enabled
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream if stream is not None else sys.stdout
         self.bar = _LineBar(
             total=total,
             desc=label,
