@@ -97,6 +97,23 @@ def _stdout_only_to_console() -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", print_stdout)
+    _quiet_retried_task_notices()
+
+
+def _quiet_retried_task_notices() -> None:
+    """The driver's error listener prints "Task X failed ... will be retried" notices (e.g. Serve's controller
+    shutdown) through `print_to_stdstream`; a retried task is Ray's business, so only those are dropped."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+    def print_unless_retried(data, ignore_prefix):
+        if any("will be retried" in line for line in data.get("lines", [])):
+            return
+        original(data, ignore_prefix)
+
+    print_unless_retried.__wrapped__ = original
+    ray_worker.print_to_stdstream = print_unless_retried
 
 
 def shutdown_ray() -> None:
