@@ -57,26 +57,31 @@ def _cut(text: str, width: int) -> str:
 
 
 def format_table(reply: dict) -> str:
-    """rank | score | entity_id | name | description (truncated), then the NIL decision and timings."""
-    rows = [("rank", "score", "entity_id", "name", "description")]
+    """rank | confidence | score | entity_id | name | description (truncated), then the NIL decision and
+    timings. Confidence (calibrated, in [0, 1]) comes first: it is what the NIL decision reads; the raw score
+    only orders candidates."""
+    rows = [("rank", "confidence", "score", "entity_id", "name", "description")]
     for c in reply.get("candidates", []):
+        confidence = c.get("confidence")
         rows.append(
             (
                 str(c["rank"]),
+                "-" if confidence is None else f"{confidence:.3f}",
                 f"{c['score']:.4f}",
                 c["entity_id"],
                 _cut(c["name"], 30),
                 _cut(c.get("description", ""), DESCRIPTION_CHARS),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
+    lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(last)), r[last]]).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
     if len(rows) == 1:
         lines.append("(no candidates)")
     threshold = reply.get("nil_threshold")
     verdict = "NIL (no entity in the KB)" if reply.get("nil") else "linked"
-    lines.append(f"{verdict}; nil_threshold={threshold}; collection={reply.get('collection')}")
+    lines.append(f"{verdict}; nil_threshold={threshold} (confidence); collection={reply.get('collection')}")
     timings = reply.get("timings_ms") or {}
     lines.append("timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return "\n".join(lines)

@@ -40,7 +40,16 @@ def test_link_client_reports_server_errors(served_kb):
 
 def test_format_table_truncates_and_marks_nil():
     reply = {
-        "candidates": [{"rank": 1, "score": 0.5, "entity_id": "E1", "name": "N", "description": "d" * 500}],
+        "candidates": [
+            {
+                "rank": 1,
+                "score": 0.5,
+                "confidence": 0.4213,
+                "entity_id": "E1",
+                "name": "N",
+                "description": "d" * 500,
+            }
+        ],
         "nil": True,
         "nil_threshold": 0.9,
         "collection": "c",
@@ -48,7 +57,10 @@ def test_format_table_truncates_and_marks_nil():
     }
     table = format_table(reply)
     assert "d" * 57 + "..." in table and "d" * 61 not in table
-    assert "NIL" in table
+    assert "NIL" in table and "nil_threshold=0.9 (confidence)" in table
+    header, _, row = table.splitlines()[:3]
+    assert header.split()[:3] == ["rank", "confidence", "score"]
+    assert row.split()[:4] == ["1", "0.421", "0.5000", "E1"]
 
 
 def test_bounded_concurrent_load_has_no_5xx(served_kb):
