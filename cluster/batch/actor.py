@@ -35,10 +35,10 @@ class LinkActor:
     """Loads the serving model once per actor; `__call__` links a pyarrow batch of LINK_COLUMNS rows."""
 
     def __init__(self, cfg, model_dir: str, device: str, threshold: float | None, tag: str):
-        from cluster.serve.pipeline import MentionEncoder, Reranker, Retriever
+        from cluster.serve.pipeline import MentionEncoder, Reranker, Retriever, mention_texts
         from workers.images import ImageLoader
 
-        self.encoder = MentionEncoder(model_dir, device, cfg.encoder.dtype)
+        self.encoder = MentionEncoder(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir))
         self.retriever = Retriever(cfg)
         self.reranker = Reranker(cfg, model_dir, device)
         self.images = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)

@@ -6,6 +6,6 @@ the pick per KB version so training, evaluation and serving read the same `desc`
 
 Modules: `prompt` (the LLM prompt and strict answer parsing), `candidates`, `selectors` (the interface and
 counters), `llm_selector`, `embedding_selector`, `cache` (the Parquet file), `worker` (one batch: candidates
-and selection), `job` (`mel dme` on Ray), `enhance` (`load_descriptions` for training/eval, `enhance_mention`
-for serving).
+and selection), `job` (`mel dme` on Ray), `enhance` (`dme_selections` for training/eval, `MentionTexts` for
+per-request DME in serving and link-batch, through the same worker).
 """

@@ -1,16 +1,20 @@
 """Where the rest of the system reads DME: cached descriptions for training/eval, one mention for serving.
 
 `load_descriptions` is the one function training and evaluation need (DME on: pass the dict's value as
-`desc` to `mmoe.texts.mention_text`; DME off: pass ""). `enhance_mention` computes DME for one request within
-a latency budget: an LLM call is cut at the remaining budget and the configured fallback answers instead.
+`desc` to `mmoe.texts.mention_text`; DME off: pass ""). `MentionTexts` builds a served mention's text the way
+the served model was trained (its recorded recipe), running DME per request within `dme.latency_budget_ms`:
+an LLM call is cut at the budget and the configured fallback answers instead.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.dme.cache import cache_uri, read_cache
-from cluster.dme.candidates import Candidate, CandidateFinder
+from cluster.dme.candidates import Candidate
 from cluster.dme.selectors import Selection, Selector
 
 
@@ -78,20 +82,55 @@ def enhance_mention(
     return select_within_budget(mention, context, candidates, selector, budget_ms).desc
 
 
-class OnlineDME:
-    """Serving-side DME: candidates (names + optional ANN) and a selector, behind one call per mention."""
+@dataclass
+class MentionText:
+    """One served mention's text, and how DME went for it ("" reason: the model was trained without DME)."""
 
-    def __init__(self, finder: CandidateFinder, selector: Selector, budget_ms: float):
-        self.finder = finder
-        self.selector = selector
+    text: str
+    dme_reason: str = ""
+
+    @property
+    def fell_back(self) -> bool:
+        return self.dme_reason.startswith("fallback:")
+
+
+class MentionTexts:
+    """`mention [SEP] context [SEP] desc` for served mentions, the way the served model's training built it.
+
+    A model trained with DME (its `mention_text.json` says so) gets a description chosen per request by the
+    bulk job's own worker (same selector, same candidate finder), so the text served for a mention equals the
+    text training read for it; a model trained without DME (or from before the recipe) gets none.
+    """
+
+    def __init__(self, worker=None, budget_ms: float = 0.0):
+        self.worker = worker  # cluster.dme.worker.DMEWorker, or None: DME off
         self.budget_ms = budget_ms
 
-    def enhance(self, mention: str, context: str, vector=None) -> str:
-        """`vector` is the mention's retrieval vector [D] for the ANN candidates (None: name matches only)."""
-        start = time.monotonic()
-        vectors = None if vector is None else vector.reshape(1, -1)
-        candidates = self.finder.find([mention], vectors)[0]
-        spent_ms = (time.monotonic() - start) * 1000.0
-        return enhance_mention(
-            mention, context, candidates, self.selector, max(self.budget_ms - spent_ms, 0.0)
-        )
+    @classmethod
+    def for_model(cls, cfg, model_dir: str | Path, milvus_uri: str = "") -> MentionTexts:
+        """DME as the model at `model_dir` was trained; `milvus_uri` "" keeps candidates to names and aliases."""
+        from cluster.artifacts import read_mention_recipe
+        from cluster.dme.worker import DMEWorker
+
+        recipe = read_mention_recipe(model_dir) or {}
+        if not recipe.get("dme") or recipe.get("selector", "none") == "none":
+            return cls()
+        dme_cfg = copy.deepcopy(cfg)
+        dme_cfg.dme.selector = recipe["selector"]  # the model's recipe wins over the config, as in `mel eval`
+        worker = DMEWorker(dme_cfg, str(recipe.get("kb_version", "")), milvus_uri)
+        return cls(worker, cfg.dme.latency_budget_ms)
+
+    @property
+    def enabled(self) -> bool:
+        return self.worker is not None
+
+    def build(self, items: list[tuple[str, str]]) -> list[MentionText]:
+        """(mention, context) pairs -> their texts; DME, when on, within the latency budget."""
+        from mmoe.texts import mention_text
+
+        if self.worker is None:
+            return [MentionText(mention_text(m, c)) for m, c in items]
+        rows = [{"mention": m, "context": c} for m, c in items]
+        deadline = time.monotonic() + self.budget_ms / 1000.0
+        _, selections = self.worker.select(rows, deadline=deadline)
+        return [MentionText(mention_text(m, c, s.desc), s.reason) for (m, c), s in zip(items, selections)]

@@ -52,6 +52,14 @@ class DMEWorker:
 
     def process(self, rows: list[dict]) -> tuple[list[dict], DMECounters, bool]:
         self.selector.counters = DMECounters()  # per batch: the driver adds them up
+        candidates, selections = self.select(rows)
+        out = [self._row(r, c, s) for r, c, s in zip(rows, candidates, selections)]
+        return out, self.selector.counters, self.finder.ann_search is not None
+
+    def select(self, rows: list[dict], deadline: float | None = None) -> tuple[list, list[Selection]]:
+        """(candidates, selection) per mention row: the one path of the bulk job and of per-request DME, so a
+        served mention gets the description training read for it. `deadline` (time.monotonic()) bounds an
+        LLM selector's calls; past it, the fallback answers."""
         vectors = None
         if self.encoder is not None and self.finder.ann_search is not None:
             _, vectors = self.encoder.encode_mentions(rows)
@@ -63,9 +71,9 @@ class DMEWorker:
         else:
             candidates = self.finder.find([r["mention"] for r in rows], vectors)
         items = [(r["mention"], r.get("context") or "", c) for r, c in zip(rows, candidates)]
-        selections = self.selector.select_many(items)
-        out = [self._row(r, c, s) for r, c, s in zip(rows, candidates, selections)]
-        return out, self.selector.counters, self.finder.ann_search is not None
+        if deadline is not None and self.dme.selector == "llm":
+            return candidates, self.selector.select_many(items, deadline=deadline)
+        return candidates, self.selector.select_many(items)
 
     def _row(self, row: dict, candidates, selection: Selection) -> dict:
         return {

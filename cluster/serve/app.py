@@ -80,12 +80,12 @@ class MentionEncoder:
 
     def __init__(self, cfg: MELConfig, model_dir: str):
         from cluster.serve.pipeline import MentionEncoder as Plain
+        from cluster.serve.pipeline import mention_texts
         from workers.device import pick_device
 
         _torch_threads(cfg.serve.num_cpus_per_replica)
-        self.encoder = Plain(
-            model_dir, str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica)), cfg.encoder.dtype
-        )
+        device = str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica))
+        self.encoder = Plain(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir))
 
     def reconfigure(self, user_config: dict) -> None:
         _set_batching(self.encode, user_config)

@@ -36,6 +36,8 @@ class EncodedMention:
     vector: np.ndarray  # [D] float32 retrieval vector u_m
     gates: dict[str, list[float]] | None
     ms: float
+    dme_ms: float = 0.0  # per-request DME (within encode's ms); 0 when the model was trained without DME
+    dme_reason: str = ""  # how DME went ("selected", "no_candidates", "fallback:<why>"...); "" when off
 
 
 @dataclass
@@ -168,13 +170,29 @@ def partition_expression(filters) -> list[str]:
     return [f"{PARTITION_FIELD} == {milvus_literal(filters.partition)}"]
 
 
+def mention_texts(cfg, model_dir: str | Path):
+    """Per-request mention text as the served model was trained (DME on or off, its selector)."""
+    from cluster.config import milvus_uri
+    from cluster.dme.enhance import MentionTexts
+    from workers.milvus_store import is_lite
+
+    uri = milvus_uri(cfg)
+    if is_lite(uri) and not Path(uri).expanduser().exists():
+        uri = ""  # nothing indexed yet: candidates from names only (and no empty database created)
+    return MentionTexts.for_model(cfg, model_dir, uri)
+
+
 class MentionEncoder:
     """Mention text + image -> MMoE mention features and the retrieval vector u_m."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto"):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto", texts=None):
+        """`texts` (cluster.dme.enhance.MentionTexts) builds mention text as the model was trained, per-request
+        DME included; None: no DME."""
+        from cluster.dme.enhance import MentionTexts
         from mmoe.pretrained import load_pretrained
         from workers.device import autocast_dtype
 
+        self.texts = texts or MentionTexts()
         self.device = device
         self.model, self.processor = load_pretrained(str(model_dir), device=device)
         self.model.eval()
@@ -182,11 +200,10 @@ class MentionEncoder:
 
     @torch.inference_mode()
     def encode(self, queries: list[MentionQuery]) -> list[EncodedMention]:
-        from mmoe.texts import mention_text
-
         start = time.perf_counter()
-        texts = [mention_text(q.mention, q.context) for q in queries]
-        batch = self.processor(texts, [q.image for q in queries])
+        built = self.texts.build([(q.mention, q.context) for q in queries])
+        dme_ms = (time.perf_counter() - start) * 1000 if self.texts.enabled else 0.0
+        batch = self.processor([b.text for b in built], [q.image for q in queries])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         explain = any(q.explain for q in queries)
         with torch.autocast(
@@ -200,7 +217,14 @@ class MentionEncoder:
         )  # gates: summarised below
         ms = (time.perf_counter() - start) * 1000
         return [
-            EncodedMention(rows[i], vectors[i], gate_summary(feats, i) if q.explain else None, ms)
+            EncodedMention(
+                rows[i],
+                vectors[i],
+                gate_summary(feats, i) if q.explain else None,
+                ms,
+                dme_ms,
+                built[i].dme_reason,
+            )
             for i, q in enumerate(queries)
         ]
 
@@ -427,6 +451,8 @@ def assemble(
             "rerank": round(ranked["ms"], 3),
         },
     }
+    if enc.dme_reason:  # the model was trained with DME: the request ran it (inside "encode")
+        out["timings_ms"]["dme"] = round(enc.dme_ms, 3)
     if query.explain and enc.gates is not None:
         out["explain"] = {"expert_usage": enc.gates}
     return out
@@ -450,7 +476,7 @@ class Linker:
         model_dir = serving_model_dir(cfg)
         device = str(pick_device(device, cfg.serve.num_gpus_per_replica))
         return cls(
-            MentionEncoder(model_dir, device, cfg.encoder.dtype),
+            MentionEncoder(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir)),
             Retriever(cfg),
             Reranker(cfg, model_dir, device),
             cfg.serve.retrieve_k,

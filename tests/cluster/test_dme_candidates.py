@@ -8,7 +8,7 @@ import pytest
 
 from cluster.config import DMEConfig, DMELLMConfig
 from cluster.dme.candidates import CandidateFinder, NameIndex, milvus_ann
-from cluster.dme.enhance import OnlineDME
+from cluster.dme.enhance import enhance_mention
 from cluster.dme.factory import make_selector
 from tests.cluster.dme_fake_llm import FakeLLM, Reply
 
@@ -67,12 +67,15 @@ def test_finder_adds_ann_hits_after_name_matches_deduplicated_and_capped(ann):
     assert [c.entity_id for c in names_only[0]] == ["E1", "E2"]
 
 
-def test_online_dme_enhances_one_mention_through_the_llm():
+def test_request_dme_enhances_one_mention_through_the_llm():
     finder = CandidateFinder(NameIndex(ENTITIES), top_n=0, max_candidates=10)
     with FakeLLM({"Mercury": [Reply("3")], "Mars": [Reply("1")]}) as llm:
         selector = make_selector(DMEConfig(selector="llm", fallback="none", llm=DMELLMConfig(url=llm.url)))
-        online = OnlineDME(finder, selector, budget_ms=10_000.0)
-        assert online.enhance("Mercury", "a drop of mercury on the table") == "a liquid metal"
-        assert online.enhance("Mars", "the red planet") == ""  # no candidates: nothing asked
+
+        def enhance(mention: str, context: str) -> str:
+            return enhance_mention(mention, context, finder.find([mention])[0], selector, budget_ms=10_000.0)
+
+        assert enhance("Mercury", "a drop of mercury on the table") == "a liquid metal"
+        assert enhance("Mars", "the red planet") == ""  # no candidates: nothing asked
         assert llm.calls == {"Mercury": 1}
     assert selector.counters.selected == 1 and selector.counters.no_candidates == 1

@@ -168,3 +168,40 @@ def index_sample_kb(cfg, storage) -> None:
     store = MilvusStore(cfg.milvus, milvus_uri(cfg))
     store.swap_alias(name)
     store.close(release_file=True)
+
+
+def test_served_mention_text_equals_the_training_text_with_dme_on_and_off(kb, ray_session, tmp_path):
+    """The mention text serving builds per request (cluster.serve.pipeline.MentionEncoder) is the text training
+    read for that mention: with DME (the bulk job's description) and without (no description)."""
+    from cluster.artifacts import write_mention_recipe
+    from cluster.dme.enhance import dme_selections
+    from cluster.serve.pipeline import MentionEncoder, MentionQuery, mention_texts
+    from mmoe.texts import mention_text
+    from workers.model_store import resolve_model_dir
+
+    cfg, storage, kb_version, mentions = kb
+    run_dme(cfg, progress=False)  # nothing indexed: candidates from names, embedding selector
+    descriptions, recipe = dme_selections(cfg, storage)  # what training reads, and the recipe it records
+    assert recipe == {"dme": True, "selector": "embedding", "kb_version": kb_version}
+    model_dir = tmp_path / "model"
+    shutil.copytree(resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe), model_dir)
+    rows = mentions.head(40).to_dicts()
+    items = [(r["mention"], r["context"] or "") for r in rows]
+
+    write_mention_recipe(storage, str(model_dir), recipe)
+    served = mention_texts(cfg, model_dir).build(items)
+    trained = [mention_text(m, c, descriptions.get(r["mention_id"], "")) for (m, c), r in zip(items, rows)]
+    assert [s.text for s in served] == trained
+    assert sum(bool(descriptions.get(r["mention_id"])) for r in rows) > 0  # some texts carry a description
+    assert all(s.dme_reason for s in served) and not any(s.fell_back for s in served)
+
+    encoded = MentionEncoder(model_dir, texts=mention_texts(cfg, model_dir)).encode(
+        [MentionQuery(m, c) for m, c in items[:4]]
+    )
+    assert all(e.dme_reason and 0 < e.dme_ms <= e.ms for e in encoded)
+
+    write_mention_recipe(storage, str(model_dir), {**recipe, "dme": False})
+    off = mention_texts(cfg, model_dir)
+    assert not off.enabled
+    assert [s.text for s in off.build(items)] == [mention_text(m, c) for m, c in items]
+    assert MentionEncoder(model_dir, texts=off).encode([MentionQuery(*items[0])])[0].dme_reason == ""
