@@ -157,7 +157,7 @@ class LinkIngress:
     def __serve_build_asgi_app__(self):
         from cluster.serve.http import create_app
 
-        return create_app(self, self.cfg.serve, self.loader)
+        return create_app(self, self.cfg.serve, self.loader, bool(self.cfg.milvus.partition_key))
 
     async def _link_one(self, query) -> dict:
         from cluster.serve.guard import ensure_indexed_by

@@ -134,14 +134,23 @@ def _field_name(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-async def to_queries(items: list[MentionIn], prefix: str, serve_cfg, images: ClientImages) -> list[Any]:
+async def to_queries(
+    items: list[MentionIn], prefix: str, serve_cfg, images: ClientImages, partitioned: bool = False
+) -> list[Any]:
     """Validated request items -> `MentionQuery` records. Text limits first (cheap); then every item's image is
     decoded concurrently, off the event loop, so a batch of slow URLs costs one fetch deadline, not the sum;
-    the first failing item (by index) is the error."""
+    the first failing item (by index) is the error. `partitioned`: the KB is indexed with milvus.partition_key
+    (else a partition filter is the client's 400, not a Milvus error about a missing field)."""
     from cluster.serve.pipeline import MentionQuery, filter_expression
 
     wheres = [f"{prefix}{i}." if prefix else "" for i in range(len(items))]
     for item, where in zip(items, wheres):
+        if not partitioned and item.filters is not None and item.filters.partition is not None:
+            raise ApiError(
+                400,
+                f"{where}filters.partition: this KB is indexed without partitions (milvus.partition_key unset)",
+                f"{where}filters.partition",
+            )
         for name in ("mention", "context"):
             if len(getattr(item, name)) > serve_cfg.max_text_chars:
                 raise ApiError(
@@ -173,8 +182,9 @@ async def _image(images: ClientImages, value: str | None, field: str):
     return await images.decode(value, field) if value else None
 
 
-def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
-    """The FastAPI app (OpenAPI at /docs). `image_loader`: a `workers.images.ImageLoader` or None."""
+def create_app(backend: LinkBackend, serve_cfg, image_loader=None, partitioned: bool = False) -> FastAPI:
+    """The FastAPI app (OpenAPI at /docs). `image_loader`: a `workers.images.ImageLoader` or None;
+    `partitioned`: the collection has milvus.partition_key's field, so `filters.partition` can be served."""
     app = FastAPI(title="MEL linker", version="1", description="Multimodal entity linking with MMoE.")
     images = ClientImages(serve_cfg, image_loader, ApiError)
 
@@ -243,7 +253,7 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
     @app.post("/link", response_model=LinkResponse, response_model_exclude_none=True)
     async def link(body: LinkRequest) -> dict:
         start = time.perf_counter()
-        queries = await to_queries([body], "", serve_cfg, images)
+        queries = await to_queries([body], "", serve_cfg, images, partitioned)
         (result,) = await backend.link_queries(queries)
         result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
         return result
@@ -255,7 +265,7 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None) -> FastAPI:
             raise ApiError(
                 413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})", "mentions"
             )
-        queries = await to_queries(body.mentions, "mentions.", serve_cfg, images)
+        queries = await to_queries(body.mentions, "mentions.", serve_cfg, images, partitioned)
         results = await backend.link_queries(queries)
         return {"results": results, "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
 

@@ -79,6 +79,16 @@ def test_lone_surrogates_are_422_naming_the_field(http):
     assert reply.status_code == 422 and reply.json()["field"].startswith("filters.entity_ids"), reply.text
 
 
+def test_partition_filter_on_a_kb_without_partitions_is_400_and_the_server_goes_on(http):
+    reply = http.post("/link", json={"mention": "x", "filters": {"partition": "person"}})
+    assert reply.status_code == 400, reply.text
+    assert_clean(reply.json(), "filters.partition")
+    batch = {"mentions": [{"mention": "x"}, {"mention": "y", "filters": {"partition": "p"}}]}
+    reply = http.post("/link/batch", json=batch)
+    assert reply.status_code == 400 and reply.json()["field"] == "mentions.1.filters.partition", reply.text
+    assert http.post("/link", json={"mention": "x"}).status_code == 200
+
+
 # -- item 3: images and headers ----------------------------------------------------------------------------
 def corrupt_png() -> bytes:
     from PIL import Image
