@@ -16,17 +16,19 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 
 from kb_builder.config import KBConfig, StorageConfig
-from kb_builder.storage import is_s3
+from kb_builder.storage import is_s3, s3_bucket
 
 REMOTE_PREFIXES = ("s3://", "http://", "https://")
 OUTSIDE_ROOTS = "image path outside the KB folder and the allowed image roots (symlinks resolved)"
 
 
 def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
-    """Folders of the local KB inputs (relative image paths resolve against them); s3:// inputs need none."""
+    """Folders of the local KB inputs (relative image paths resolve against them) and the buckets of s3 ones
+    (the operator named them, so their images may be read; `allowed_roots` keeps only the local ones)."""
     roots = []
     for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
         if is_s3(uri):
+            roots.append(s3_bucket(uri))
             continue
         path = Path(uri).expanduser()
         while any(ch in str(path) for ch in "*?["):

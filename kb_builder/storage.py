@@ -19,6 +19,11 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def s3_bucket(uri: str) -> str:
+    """`s3://bucket/any/key` -> `s3://bucket`: the operator named the bucket, so its images may be read."""
+    return "s3://" + uri[len("s3://") :].split("/", 1)[0]
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b` -> ("bucket", "a/b")."""
     if not is_s3(uri):

@@ -13,12 +13,14 @@ import io
 import re
 import warnings
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from PIL import Image
 
 from kb_builder.config import KBConfig, StorageConfig
-from kb_builder.storage import Storage, is_s3
+from kb_builder.image_paths import OUTSIDE_ROOTS, check_local_image, kb_image_roots
+from kb_builder.image_paths import allowed_roots as local_image_roots
+from kb_builder.storage import Storage, is_s3, s3_bucket
 from workers.config import EncoderConfig
 from workers.fetch import FetchPolicy, fetch
 
@@ -40,9 +42,8 @@ class ImageLoader:
         self.cfg = encoder_cfg
         self.storage = Storage(storage_cfg)
         roots = [*allowed_roots, *encoder_cfg.allowed_image_roots]
-        if not is_s3(storage_cfg.root):
-            roots.append(storage_cfg.root)  # images of the sample KB live under <root>/sample_src/
-        self.allowed_roots = sorted({Path(r).expanduser().resolve() for r in roots if r and not is_s3(r)})
+        # the build's rule (kb_builder.image_paths): these roots plus the local storage root, resolved
+        self.allowed_roots = local_image_roots(storage_cfg, roots)
         s3_roots = [*roots, s3_bucket(storage_cfg.root) if is_s3(storage_cfg.root) else ""]
         self.allowed_s3_prefixes = sorted({r.rstrip("/") + "/" for r in s3_roots if r and is_s3(r)})
         self.http_policy = FetchPolicy(
@@ -90,17 +91,16 @@ class ImageLoader:
         return data
 
     def check_local(self, uri: str) -> Path:
-        """The resolved path if it lies under an allowed root (symlinks and `..` resolved first), else raise."""
-        raw = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
-        if ".." in Path(raw).parts:
-            raise PermissionError("'..' in image path is not allowed")
-        path = Path(raw).expanduser().resolve()
-        if not any(path.is_relative_to(root) for root in self.allowed_roots):
-            raise PermissionError(
-                f"path is outside the allowed image roots {[str(r) for r in self.allowed_roots]} "
-                f"(add its folder to encoder.allowed_image_roots)"
-            )
-        return path
+        """The resolved path if it lies under an allowed root, else raise: `mel kb build`'s own rule, applied
+        again at read time (a symlink may have changed since the build); nothing cached across calls."""
+        try:
+            return check_local_image(uri, self.allowed_roots)
+        except PermissionError as err:
+            if str(err) == OUTSIDE_ROOTS:
+                raise PermissionError(
+                    f"{OUTSIDE_ROOTS}; add its folder to encoder.allowed_image_roots"
+                ) from None
+            raise
 
     def _read_local(self, uri: str) -> bytes:
         path = self.check_local(uri)
@@ -167,22 +167,3 @@ def load_images(loader: ImageLoader, uris: list[str | None]) -> tuple[list[Image
         if err:
             errors.append(err)
     return images, errors
-
-
-def kb_image_roots(kb_cfg: KBConfig) -> list[str]:
-    """Folders of the local KB inputs (relative image paths resolve against them) and the buckets of s3 ones."""
-    roots = []
-    for uri in [*kb_cfg.entity_inputs, *kb_cfg.mention_inputs]:
-        if is_s3(uri):  # the input's bucket: the operator named it, so its images may come from it
-            roots.append(s3_bucket(uri))
-            continue
-        path = Path(uri).expanduser()
-        while any(ch in str(path) for ch in "*?["):
-            path = path.parent
-        roots.append(str(path if path.is_dir() else path.parent))
-    return roots
-
-
-def s3_bucket(uri: str) -> str:
-    """`s3://bucket/any/key` -> `s3://bucket`: the operator named the bucket, so its images may be read."""
-    return "s3://" + uri[len("s3://") :].split("/", 1)[0]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kb_builder.config import KBConfig, StorageConfig
+from kb_builder.image_paths import kb_image_roots
 from kb_builder.progress import Progress
 from kb_builder.shards import entity_shard_uris, read_diff, read_manifest, read_shard
 from kb_builder.storage import Storage
@@ -25,7 +26,7 @@ from workers.collections import index_collection, model_tag
 from workers.config import EncoderConfig, MilvusConfig
 from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
-from workers.images import ImageLoader, kb_image_roots
+from workers.images import ImageLoader
 from workers.milvus_store import ID_MAX_BYTES, PARTITION_FIELD, MilvusStore
 from workers.ray_pool import EncodingPool
 

@@ -81,7 +81,7 @@ BAD_IMAGES = {  # file name -> words the error must contain (besides the uri)
     "bomb30k.png": "pixels",
     "bomb8k.png": "8000x8000 pixels, over max_image_pixels=40000000",
     "big.png": "over max_image_bytes=4000",
-    "escape.png": "outside the allowed image roots",
+    "escape.png": "outside the KB folder and the allowed image roots",
 }
 
 
@@ -103,7 +103,7 @@ def test_each_bad_image_is_named_and_the_good_one_still_loads(image_dir, tmp_pat
         (error,) = [e for e in errors if e.startswith(str(image_dir / "images" / name) + ":")]
         assert words in error, error
     assert "'..' in image path is not allowed" in errors[-4]
-    assert "outside the allowed image roots" in errors[-3]
+    assert "outside the KB folder and the allowed image roots" in errors[-3]
     assert "unsupported image URI scheme 'ftp'" in errors[-2]
     assert "no such image file" in errors[-1]
 
