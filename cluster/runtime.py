@@ -39,9 +39,16 @@ def quiet_ray_logs() -> None:
         return
     existing = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
     for name in {*RAY_LOGGERS, *existing}:  # children configured with their own level are quieted too
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        if _errors_only not in logger.filters:  # `serve.start` resets its logger's level, not its filters
+            logger.addFilter(_errors_only)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or verbose()
 
 
 def init_ray(ray_cfg) -> None:

@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-# What Ray's own log lines look like on a console: a worker prefix, a logger record, a C++ record, a warning.
+# What Ray's own log lines look like on a console: a worker prefix, a logger record, a Serve record ("INFO <date>
+# <time> serve <pid> -- ..."), a C++ record, a warning.
 RAY_LOG_LINE = re.compile(
-    r"^\((\w+) pid=\d+|\b(INFO|WARNING|WARN)\b \S+\.py:\d+ --|\.cc:\d+:|RayDeprecationWarning|raylet"
+    r"^\((\w+) pid=\d+|\b(INFO|WARNING|WARN)\b \S+\.py:\d+ --|^(INFO|WARNING|DEBUG) \d{4}-\d\d-\d\d .* -- "
+    r"|\.cc:\d+:|RayDeprecationWarning|raylet"
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
