@@ -187,7 +187,7 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
     data = prepare_data(cfg, storage, model_dir)
     run_uri = run_dir(storage, cfg.train.run_name)
     if not resume:
-        clear_dir(storage, storage.join(run_uri, CHECKPOINTS_DIR))
+        clear_dir(storage, f"{run_uri.rstrip('/')}/{CHECKPOINTS_DIR}")  # run_uri is already under the root
     print(
         f"[train] {data['train'].height} train mentions, {len(data['dev_rows'])} dev, "
         f"{len(data['entity_rows'])} entities; {cfg.train.num_workers} workers; run {run_uri}"

@@ -1,6 +1,6 @@
 """Fault tolerance: a worker that dies mid-run is replaced and the run resumes from the last checkpoint with the
-same total step count; `--resume` continues a finished run for more epochs. Hard negatives on, so mining from
-Milvus and the extra entity columns are exercised too."""
+same total step count; `--resume` continues a finished run for more epochs, and a re-run without it starts over.
+Hard negatives on, so mining from Milvus and the extra entity columns are exercised too."""
 
 from __future__ import annotations
 
@@ -41,3 +41,10 @@ def test_worker_failure_resumes_then_resume_continues(tmp_path, ray_session, mon
     assert resumed.history.restored_from_step == 2 * steps_per_epoch
     assert resumed.steps == 3 * steps_per_epoch
     assert [d["epoch"] for d in resumed.history.dev] == [2]  # eval every 2 epochs: epoch 3 has none
+
+    cfg.train.epochs = 1  # the same run name without --resume starts over: a new run, not the finished one
+    fresh = run_training(cfg)
+    assert fresh.history.restored_from_step is None
+    assert fresh.steps == steps_per_epoch and [s for s, _ in fresh.history.losses] == list(
+        range(1, fresh.steps + 1)
+    )
