@@ -33,7 +33,7 @@ from mmoe.config import MMoEConfig
 @dataclass
 class MoEOutput:
     hidden_states: Tensor  # [B,S,out]
-    aux_loss: Tensor  # [] Switch load-balancing loss (unweighted; mmoe_loss applies aux_loss_weight)
+    aux_loss: Tensor  # [] Switch load-balancing loss (unweighted; mmoe_loss applies aux_loss_weight); 0 at inference
     gate_weights: Tensor  # [B,S,E] combine weights, zero outside the kept experts
 
 
@@ -144,7 +144,10 @@ class SwitchMoE(nn.Module):
         if self.reference:
             mask = None  # the official gate ignores padding
         weights, probs = self.gate(gate_input)  # [B,S,E] each
-        aux_loss = load_balancing_loss(weights, probs, mask)
+        if self.training or torch.is_grad_enabled():
+            aux_loss = load_balancing_loss(weights, probs, mask)
+        else:  # inference (eval + no_grad): only the training loss reads it, so skip its reductions
+            aux_loss = weights.new_zeros(())
         if self.training and self.capacity_factor is not None and not self.reference:
             weights = self.drop_over_capacity(weights, mask)
         out = 0
