@@ -46,7 +46,7 @@ class Retrieved:
     ids: list[str]
     names: list[str]
     descriptions: list[str]
-    vectors: np.ndarray  # [K, D] u_e of the candidates (for the inner-product part of the exact score)
+    vectors: np.ndarray | None  # [K, D] u_e from Milvus; None: the feature cache holds them (`vector`)
     ms: float  # search + candidate fetch, wall time of the batch's `retrieve` call
     search_ms: float = 0.0  # the ANN search alone (one Milvus call per batch and filter)
 
@@ -227,6 +227,15 @@ class Retriever:
         self._catalog: dict[str, dict] = {}
         self._catalog_for: str | None = None
         self._catalog_at = 0.0
+        self._cached_vectors: dict[str, bool] = {}  # collection -> its feature cache holds `vector`
+
+    def _vectors_in_cache(self, collection: str) -> bool:
+        """Indexes since issue 19 store u_e in the feature cache; older ones need the vectors from Milvus."""
+        if collection not in self._cached_vectors:
+            from workers.feature_cache import FeatureCache
+
+            self._cached_vectors = {collection: FeatureCache(self.storage, collection).has_key("vector")}
+        return self._cached_vectors[collection]
 
     def collection(self) -> str | None:
         """The alias target, re-resolved at most every ALIAS_REFRESH_S (a swap needs no restart)."""
@@ -290,13 +299,17 @@ class Retriever:
         return count > 0, {"collection": collection, "entities": count}
 
     def _search(self, vectors: np.ndarray, top_k: int, filter_expr: str):
-        """One Milvus search for all `vectors`, the candidates' u_e returned with the hits (no second call)."""
+        """One Milvus search for all `vectors`; the candidates' u_e come from the feature cache (the reranker
+        reads them), or with the hits for an index whose cache lacks them (never a second Milvus call)."""
         collection = self.collection()
         if collection is None:
             raise LookupError(f"alias {self.store.alias!r} does not exist yet: run `mel index` first")
         if self._catalog_for != collection:
             self._load_catalog(collection)
-        hits = self.store.search(vectors, top_k, filter=filter_expr, collection=collection, with_vectors=True)
+        with_vectors = not self._vectors_in_cache(collection)
+        hits = self.store.search(
+            vectors, top_k, filter=filter_expr, collection=collection, with_vectors=with_vectors
+        )
         return collection, hits
 
     def retrieve(self, vectors: np.ndarray, top_k: int, filter_expr: str = "") -> list[Retrieved]:
@@ -339,9 +352,9 @@ class Retriever:
                     ids=[h.entity_id for h in q],
                     names=[m.get("name", h.name) for m, h in zip(meta, q)],
                     descriptions=[m.get("description", "") for m in meta],
-                    vectors=np.asarray([h.vector for h in q], dtype=np.float32).reshape(
-                        len(q), vectors.shape[-1]
-                    ),
+                    vectors=None
+                    if not q or q[0].vector is None
+                    else np.asarray([h.vector for h in q], dtype=np.float32).reshape(len(q), -1),
                     ms=ms,
                     search_ms=search_ms,
                 )
@@ -386,10 +399,14 @@ class Reranker:
             out[i] = {"order": [], "scores": [], "units": [], "ms": 0.0, "fetch_ms": 0.0}
         if live:
             caches = [self._load(items[i][1].collection, items[i][1].ids) for i in live]
-            fetch_ms = (time.perf_counter() - start) * 1000  # the candidates' cached features
+            cand_vectors = [  # u_e: from the feature cache (fp32, as Milvus holds it), else from the search
+                c.pop("vector").numpy() if "vector" in c else items[i][1].vectors
+                for i, c in zip(live, caches)
+            ]
+            fetch_ms = (time.perf_counter() - start) * 1000  # the candidates' cached features and vectors
             start = time.perf_counter()
             mentions = stack_sides([items[i][0].features for i in live], self.device)
-            vectors, cache, mask = pad_candidates([items[i][1].vectors for i in live], caches, self.device)
+            vectors, cache, mask = pad_candidates(cand_vectors, caches, self.device)
             scored = self.model.score_candidates(mentions, vectors, cache)
             scores = scored.scores.float().masked_fill(~mask, float("-inf")).cpu()
             units = torch.stack([scored.text, scored.image, scored.cross], dim=-1).float().cpu()
