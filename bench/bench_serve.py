@@ -146,7 +146,9 @@ def synthetic_collection(cfg, base: str, n_entities: int, index: dict, seed: int
     store.client.load_collection(name)
     source = np.arange(extra) % len(ids)  # synthetic entity i borrows the features of real entity i mod N
     arrays = {k: np.concatenate([v.numpy(), v.numpy()[source]]) for k, v in cache.items()}
-    if "vector" in arrays:  # u_e in the cache (indexes since issue 19) must be the synthetic vectors themselves
+    if (
+        "vector" in arrays
+    ):  # u_e in the cache (indexes since issue 19) must be the synthetic vectors themselves
         arrays["vector"] = np.concatenate([cache["vector"].numpy(), fake])
     FeatureCache(Storage(cfg.storage), name).write_shard("part-00000", ids + fake_ids, arrays)
     store.close()
