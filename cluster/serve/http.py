@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.serve.client_images import ClientImages
@@ -133,6 +134,46 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+class RequestIds:
+    """ASGI middleware: every answer carries `x-request-id` (the client's when well-formed, else a new one; a
+    malformed one is a 400), an unhandled exception is a 500 with the id and no trace, and each answer is counted
+    in `metrics` by route template and status. Plain ASGI rather than `@app.middleware("http")`: Starlette's
+    BaseHTTPMiddleware runs every request through an extra task and memory streams."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        given = request.headers.get("x-request-id")
+        rid = given if given and REQUEST_ID.fullmatch(given) else new_request_id()
+        request.state.request_id = rid
+        status, started = 500, False
+
+        async def send_with_id(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                MutableHeaders(scope=message)["x-request-id"] = rid
+            await send(message)
+
+        try:
+            if given and rid != given:
+                message = "x-request-id: 1-128 ASCII letters, digits or ._:- only"
+                await _error(400, message, request, "x-request-id")(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s failed", rid)
+            if started:
+                raise
+            await _error(500, "internal error", request)(scope, receive, send_with_id)
+        route = scope.get("route")  # the matched route's template, not the raw path (bounded tags)
+        self.metrics.request(getattr(route, "path", "unmatched"), status)
+
+
 def _field_name(loc: tuple) -> str:
     """pydantic's error location -> `mentions.0.image` (dropping the leading `body`)."""
     parts = [str(p) for p in loc if p != "body"]
@@ -190,24 +231,6 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None, metrics=None)
     metrics = metrics or NoMetrics()
     app = FastAPI(title="MEL linker", version="1", description="Multimodal entity linking with MMoE.")
     images = ClientImages(serve_cfg, image_loader, ApiError)
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        given = request.headers.get("x-request-id")
-        request.state.request_id = given if given and REQUEST_ID.fullmatch(given) else new_request_id()
-        if given and request.state.request_id != given:
-            return _error(
-                400, "x-request-id: 1-128 ASCII letters, digits or ._:- only", request, "x-request-id"
-            )
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("request %s failed", request.state.request_id)
-            response = _error(500, "internal error", request)
-        route = request.scope.get("route")  # the matched route's template, not the raw path (bounded tags)
-        metrics.request(getattr(route, "path", "unmatched"), response.status_code)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -292,5 +315,6 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None, metrics=None)
     from cluster.serve.ui import mount_ui
 
     mount_ui(app, backend, serve_cfg, image_loader)  # the playground at /ui and the KB browser's API
+    app.add_middleware(RequestIds, metrics=metrics)
     app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes, metrics=metrics)  # outermost
     return app
