@@ -99,8 +99,11 @@ def prepare(cfg) -> tuple[list[dict], str, str]:
     return bodies, str(model_dir), name
 
 
-def synthetic_collection(cfg, base: str, n_entities: int, index: dict, seed: int = 0) -> tuple[str, dict]:
-    """`base`'s entities plus synthetic ones up to `n_entities` in a new collection with the `index` spec.
+def synthetic_collection(
+    cfg, base: str, n_entities: int, index: dict, target_uri: str, seed: int = 0
+) -> tuple[str, dict]:
+    """`base`'s entities (in cfg.milvus.uri) plus synthetic ones up to `n_entities`, in a new collection with
+    the `index` spec at `target_uri`.
 
     A synthetic entity's u_e is a random direction with the mean norm of the real ones, and its rerank features
     are a real entity's (features only need the right shapes for the timing). Returns the collection and the
@@ -115,14 +118,18 @@ def synthetic_collection(cfg, base: str, n_entities: int, index: dict, seed: int
 
     milvus_cfg = copy.deepcopy(cfg.milvus)
     milvus_cfg.index_type, milvus_cfg.index_params = index["type"], dict(index["params"])
-    store = MilvusStore(milvus_cfg, cfg.milvus.uri)
-    name = f"{cfg.milvus.collection}_vkb{n_entities}"
-    real = store.client.query(
+    source = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    real = source.client.query(
         base,
         filter="",
         output_fields=["entity_id", "vector", "name", "has_image", "content_hash"],
         limit=16384,
     )
+    source.close()
+    store = MilvusStore(milvus_cfg, target_uri)
+    name = f"{cfg.milvus.collection}_vkb{n_entities}"
+    if store.exists(name):
+        store.drop(name)
     ids = [r["entity_id"] for r in real]
     cache = FeatureCache(Storage(cfg.storage), base).load(ids)
     vectors = np.asarray([r["vector"] for r in real], dtype=np.float32)
@@ -144,14 +151,14 @@ def synthetic_collection(cfg, base: str, n_entities: int, index: dict, seed: int
         )
     store.flush(name)
     store.client.load_collection(name)
-    deadline = time.monotonic() + 1800
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:  # searches while the index builds are brute force: wait for it
         info = store.client.describe_index(name, "vector")
-        if info.get("state") == "Finished" and info.get("indexed_rows", 0) >= info.get("total_rows", 0):
+        if info.get("state") in (None, "Finished") and not info.get("pending_index_rows"):
             break
         time.sleep(1.0)
-    source = np.arange(extra) % len(ids)  # synthetic entity i borrows the features of real entity i mod N
-    arrays = {k: np.concatenate([v.numpy(), v.numpy()[source]]) for k, v in cache.items()}
+    borrowed = np.arange(extra) % len(ids)  # synthetic entity i borrows the features of real entity i mod N
+    arrays = {k: np.concatenate([v.numpy(), v.numpy()[borrowed]]) for k, v in cache.items()}
     if (
         "vector" in arrays
     ):  # u_e in the cache (indexes since issue 19) must be the synthetic vectors themselves
@@ -260,15 +267,33 @@ def bench_http(url, bodies, concurrency, n) -> dict:
     return asyncio.run(_bench_http(url, bodies, concurrency, n))
 
 
-def bench_kb_sizes(cfg, linker, bodies, base: str, sizes: list[int], index: dict, n: int) -> dict[int, dict]:
-    """In-process latency at concurrency 1 against collections of `sizes` entities (alias swapped to each)."""
+def bench_kb_sizes(
+    cfg, bodies, base: str, sizes: list[int], index: dict, n: int, kb_milvus: str, root: Path
+) -> dict[int, dict]:
+    """In-process latency at concurrency 1 against collections of `sizes` entities (alias swapped to each), on
+    an embedded Milvus 2.3 server (`kb_milvus` "server") or on the Lite file of the rest of the benchmark.
+
+    Milvus Lite 3.x searches in Python with a per-row loop over every segment (`milvus_lite/search/
+    executor_indexed.py`: the dedup map and the live-row mask), so its search time grows with the collection
+    whatever the index; a Milvus server answers from the index."""
+    import copy
+
+    from cluster.serve.pipeline import Linker
     from workers.milvus_store import MilvusStore
 
-    store = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    server = None
+    kb_cfg = copy.deepcopy(cfg)
+    kb_cfg.milvus.index_type, kb_cfg.milvus.index_params = index["type"], dict(index["params"])
+    if kb_milvus == "server":
+        from workers.milvus_server import start_embedded_server
+
+        server, kb_cfg.milvus.uri, _ = start_embedded_server(str(root / "milvus_server"))
+    linker = Linker.from_config(kb_cfg, device="cpu")
+    store = MilvusStore(kb_cfg.milvus, kb_cfg.milvus.uri)
     out = {}
     for size in sizes:
         start = time.perf_counter()
-        name, catalog = synthetic_collection(cfg, base, size, index)
+        name, catalog = synthetic_collection(cfg, base, size, index, kb_cfg.milvus.uri)
         build_s = time.perf_counter() - start
         store.swap_alias(name, drop_old=False)
         linker.retriever._collection = None  # see the swap now, not within ALIAS_REFRESH_S
@@ -278,9 +303,9 @@ def bench_kb_sizes(cfg, linker, bodies, base: str, sizes: list[int], index: dict
         bench_in_process(linker, bodies, 1, 8)  # warm-up: the collection's first searches
         out[size] = {**bench_in_process(linker, bodies, 1, n), "build_s": build_s}
         print(f"  KB {size:>7} entities: p50 {out[size]['p50']:.1f} ms (collection built in {build_s:.0f} s)")
-    store.swap_alias(base, drop_old=False)
-    linker.retriever._collection = None
     store.close()
+    if server is not None:
+        server.stop()
     return out
 
 
@@ -352,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kb-index", default="HNSW", help="index of the KB-size collections (FLAT, HNSW, ...)"
     )
+    parser.add_argument(
+        "--kb-milvus", default="lite", choices=["lite", "server"], help="where the KB-size collections live"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--url", default=None, help="measure this running server (`mel serve`) instead")
     args = parser.parse_args(argv)
@@ -397,13 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     kb = {}
     if len(sizes) > 1:
         index = {"type": args.kb_index.upper(), "params": {"M": 16, "efConstruction": 64}}
+        search_params = dict(cfg.milvus.search_params)
         if index["type"] != "HNSW":
             index["params"] = dict(cfg.milvus.index_params)
         else:
-            cfg.milvus.search_params = {"ef": max(64, cfg.serve.retrieve_k), **cfg.milvus.search_params}
-        print(f"latency vs KB size ({index['type']} {index['params']}, search {cfg.milvus.search_params}):")
-        search_params = dict(cfg.milvus.search_params)
-        kb = bench_kb_sizes(cfg, linker, bodies, base, sizes, index, args.requests)
+            cfg.milvus.search_params = {"ef": max(64, cfg.serve.retrieve_k), **search_params}
+        print(
+            f"latency vs KB size (Milvus {args.kb_milvus}, {index['type']} {index['params']}, "
+            f"search {cfg.milvus.search_params}):"
+        )
+        kb = bench_kb_sizes(cfg, bodies, base, sizes, index, args.requests, args.kb_milvus, root)
         cfg.milvus.search_params = search_params  # the HTTP runs below search the base (FLAT) collection
     for n, r in kb.items():
         results[f"in-process KB {n}"] = {1: r}
