@@ -340,9 +340,9 @@ def print_results(results: dict, kb: dict, layouts: list[str], levels: list[int]
     on, off = f"{default} batch on", f"{default} batch off"
     print(f"\nratios (same run; HTTP = serve.layout {default}, the default):")
     for c in levels:
-        a, b, local = results[on][c], results[off][c], results["in-process"][c]
+        a, b, here = results[on][c], results[off][c], results["in-process"][c]
         print(
-            f"  conc {c:>2}: HTTP/in-process p50 {a['p50'] / local['p50']:.2f}x, "
+            f"  conc {c:>2}: HTTP/in-process p50 {a['p50'] / here['p50']:.2f}x, "
             f"rps batch on/off {a['rps'] / b['rps']:.2f}x, p50 batch on/off {a['p50'] / b['p50']:.2f}x"
         )
     if len(layouts) > 1:
