@@ -443,13 +443,16 @@ def _wait_for_port(host: str, port: int, timeout_s: float = 120.0) -> None:
 
 
 def run_serve(cfg: MELConfig) -> None:
-    """`mel serve`: deploy, print the URL, block until Ctrl-C / SIGTERM, then shut Serve down cleanly."""
-    url = start_serve(cfg)
-    print(f"serving at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops", flush=True)
-    print(f"playground: open {url}/ui/ in a browser to link mentions and browse the KB", flush=True)
+    """`mel serve`: deploy, print the URL, block until Ctrl-C / SIGTERM, then shut Serve down cleanly.
+
+    The handlers are installed before deploying: /readyz can answer 200 a moment before `serve.run` returns (a
+    single deployment is ready that fast), and a Ctrl-C then must still shut down cleanly, not interrupt."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        url = start_serve(cfg)
+        print(f"serving at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops", flush=True)
+        print(f"playground: open {url}/ui/ in a browser to link mentions and browse the KB", flush=True)
         while not stop.wait(1.0):
             pass
     finally:
