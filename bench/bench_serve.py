@@ -1,13 +1,19 @@
 """Serving latency and throughput on the sample KB: HTTP (Ray Serve) vs the same pipeline in-process.
 
-Measures p50/p99 latency and requests/s at concurrency 1, 8 and 32 for
+Measures p50/p99 latency, requests/s and the p50 of every `timings_ms` stage at concurrency 1, 8 and 32 for
   * `in-process`: `cluster.serve.pipeline.Linker.link` called from a thread pool (no HTTP, no Ray),
-  * `http batch on`: the Serve app with `@serve.batch` (serve.batch_max_size), over loopback HTTP,
-  * `http batch off`: the same app redeployed with batch_max_size 1,
-and prints the overhead ratio (HTTP p50 / in-process p50) and the batching ratio (rps on / rps off), all measured
-in this one run. Request counts are bounded; everything stays on 127.0.0.1.
+  * `<layout> batch on`: the Serve app in each `serve.layout` (single, split) with batching
+    (serve.batch_max_size), over loopback HTTP,
+  * `<layout> batch off`: the same app redeployed with batch_max_size 1,
+then the latency against the KB's size (`--entities`: the 120 sample entities plus random unit-norm synthetic
+ones, in-process at concurrency 1, one collection per size with the `--kb-index` index), and prints the ratios
+of issue 19 beside their goals, all measured in this one run. Everything stays on 127.0.0.1.
 
-    python3 bench/bench_serve.py [--requests 64] [--levels 1,8,32] [--set section.key=value ...]
+    python3 bench/bench_serve.py [--requests 64] [--levels 1,8,32] [--entities 120,10000,100000]
+                                 [--layouts single,split] [--set section.key=value ...]
+
+`http` in the stage table is the client's time minus the server's `total` (loopback HTTP + Serve's proxy);
+`*_wait` is queue wait plus the hop to a deployment.
 
 With `--url`, it measures a server that is already running (`mel serve` after `mel index` and `mel train`, the
 user's path) with the KB's test mentions instead: p50/p99/rps of `/link` beside `/healthz` (the HTTP round trip
@@ -45,16 +51,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def summary(latencies_ms: list[float], wall_s: float) -> dict:
-    return {
+STAGES = ["http", "parse", "encode_wait", "encode", "search_wait", "search", "fetch", "rerank_wait", "rerank",
+          "assemble", "total"]  # fmt: skip
+
+
+def summary(latencies_ms: list[float], wall_s: float, timings: list[dict] | None = None) -> dict:
+    """p50/p99/rps/mean of the client latencies, and the p50 of each stage over the answers that carry it."""
+    out = {
         "p50": percentile(latencies_ms, 50),
         "p99": percentile(latencies_ms, 99),
         "rps": len(latencies_ms) / wall_s,
         "mean": statistics.fmean(latencies_ms),
+        "stages": {},
     }
+    for stage in STAGES:
+        values = [t[stage] for t in timings or [] if stage in t]
+        if values:
+            out["stages"][stage] = percentile(values, 50)
+    return out
 
 
-def prepare(cfg) -> tuple[list[dict], str]:
+def prepare(cfg) -> tuple[list[dict], str, str]:
     """Build the sample KB, index it with the untrained model into a fresh collection; return request bodies."""
     from cluster.artifacts import serving_model_dir
     from kb_builder.build import build_kb
@@ -79,33 +96,104 @@ def prepare(cfg) -> tuple[list[dict], str]:
         if e["image_uris"]:
             body["image"] = base64.b64encode(Path(e["image_uris"][0]).read_bytes()).decode()
         bodies.append(body)
-    return bodies, str(model_dir)
+    return bodies, str(model_dir), name
 
 
-def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> dict:
+def synthetic_collection(
+    cfg, base: str, n_entities: int, index: dict, target_uri: str, seed: int = 0
+) -> tuple[str, dict]:
+    """`base`'s entities (in cfg.milvus.uri) plus synthetic ones up to `n_entities`, in a new collection with
+    the `index` spec at `target_uri`.
+
+    A synthetic entity's u_e is a random direction with the mean norm of the real ones, and its rerank features
+    are a real entity's (features only need the right shapes for the timing). Returns the collection and the
+    catalog rows of the synthetic ids (the Retriever's catalog holds the KB's entities only)."""
+    import copy
+
+    import numpy as np
+
+    from kb_builder.storage import Storage
+    from workers.feature_cache import FeatureCache
+    from workers.milvus_store import MilvusStore
+
+    milvus_cfg = copy.deepcopy(cfg.milvus)
+    milvus_cfg.index_type, milvus_cfg.index_params = index["type"], dict(index["params"])
+    source = MilvusStore(cfg.milvus, cfg.milvus.uri)
+    real = source.client.query(
+        base,
+        filter="",
+        output_fields=["entity_id", "vector", "name", "has_image", "content_hash"],
+        limit=16384,
+    )
+    source.close()
+    store = MilvusStore(milvus_cfg, target_uri)
+    name = f"{cfg.milvus.collection}_vkb{n_entities}"
+    if store.exists(name):
+        store.drop(name)
+    ids = [r["entity_id"] for r in real]
+    cache = FeatureCache(Storage(cfg.storage), base).load(ids)
+    vectors = np.asarray([r["vector"] for r in real], dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    extra = max(0, n_entities - len(real))
+    fake = rng.standard_normal((extra, vectors.shape[1])).astype(np.float32)
+    fake *= np.linalg.norm(vectors, axis=1).mean() / np.linalg.norm(fake, axis=1, keepdims=True)
+    fake_ids = [f"SYN{i:07d}" for i in range(extra)]
+    store.create(name, vectors.shape[1])
+    store.upsert(name, [dict(r) for r in real])
+    step = 5000
+    for start in range(0, extra, step):
+        store.upsert(
+            name,
+            [
+                {"entity_id": fake_ids[i], "vector": fake[i], "name": f"synthetic {i}", "has_image": False}
+                for i in range(start, min(extra, start + step))
+            ],
+        )
+    store.flush(name)
+    store.client.load_collection(name)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:  # searches while the index builds are brute force: wait for it
+        info = store.client.describe_index(name, "vector")
+        if info.get("state") in (None, "Finished") and not info.get("pending_index_rows"):
+            break
+        time.sleep(1.0)
+    borrowed = np.arange(extra) % len(ids)  # synthetic entity i borrows the features of real entity i mod N
+    arrays = {k: np.concatenate([v.numpy(), v.numpy()[borrowed]]) for k, v in cache.items()}
+    if (
+        "vector" in arrays
+    ):  # u_e in the cache (indexes since issue 19) must be the synthetic vectors themselves
+        arrays["vector"] = np.concatenate([cache["vector"].numpy(), fake])
+    FeatureCache(Storage(cfg.storage), name).write_shard("part-00000", ids + fake_ids, arrays)
+    store.close()
+    catalog = {
+        eid: {"entity_id": eid, "name": f"synthetic {i}", "description": ""} for i, eid in enumerate(fake_ids)
+    }
+    return name, catalog
+
+
+def _query(body: dict):
     import io
 
     from PIL import Image
 
     from cluster.serve.pipeline import MentionQuery
 
-    def query(body):
-        image = (
-            Image.open(io.BytesIO(base64.b64decode(body["image"]))).convert("RGB")
-            if "image" in body
-            else None
-        )
-        return MentionQuery(body["mention"], body["context"], image, top_k=body["top_k"])
+    image = (
+        Image.open(io.BytesIO(base64.b64decode(body["image"]))).convert("RGB") if "image" in body else None
+    )
+    return MentionQuery(body["mention"], body["context"], image, top_k=body["top_k"])
 
-    def one(i: int) -> float:
+
+def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> dict:
+    def one(i: int) -> tuple[float, dict]:
         start = time.perf_counter()
-        linker.link([query(bodies[i % len(bodies)])])
-        return (time.perf_counter() - start) * 1000
+        (answer,) = linker.link([_query(bodies[i % len(bodies)])])
+        return (time.perf_counter() - start) * 1000, answer["timings_ms"]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, range(n)))
-    return summary(latencies, time.perf_counter() - start)
+        results = list(pool.map(one, range(n)))
+    return summary([r[0] for r in results], time.perf_counter() - start, [r[1] for r in results])
 
 
 async def _bench_http(
@@ -117,7 +205,7 @@ async def _bench_http(
     async with httpx.AsyncClient(
         base_url=url, timeout=300, limits=httpx.Limits(max_connections=concurrency)
     ) as client:
-        hits = []
+        hits, timings = [], []
 
         async def one(i: int) -> float:
             async with limit:
@@ -128,6 +216,10 @@ async def _bench_http(
                     reply = await client.get(path)
                 reply.raise_for_status()
                 elapsed = (time.perf_counter() - start) * 1000
+                if path == "/link":
+                    stages = dict(reply.json()["timings_ms"])
+                    stages["http"] = elapsed - stages["total"]  # loopback HTTP + Serve's proxy
+                    timings.append(stages)
                 if golds is not None:
                     top = reply.json()["candidates"][:1]
                     hits.append(bool(top) and top[0]["entity_id"] == golds[i % len(golds)])
@@ -135,7 +227,7 @@ async def _bench_http(
 
         start = time.perf_counter()
         latencies = await asyncio.gather(*(one(i) for i in range(n)))
-    result = summary(list(latencies), time.perf_counter() - start)
+    result = summary(list(latencies), time.perf_counter() - start, timings)
     if hits:
         result["hits1"] = sum(hits) / len(hits)
     return result
@@ -175,10 +267,122 @@ def bench_http(url, bodies, concurrency, n) -> dict:
     return asyncio.run(_bench_http(url, bodies, concurrency, n))
 
 
+def bench_kb_sizes(
+    cfg, bodies, base: str, sizes: list[int], index: dict, n: int, kb_milvus: str, root: Path
+) -> dict[int, dict]:
+    """In-process latency at concurrency 1 against collections of `sizes` entities (alias swapped to each), on
+    an embedded Milvus 2.3 server (`kb_milvus` "server") or on the Lite file of the rest of the benchmark.
+
+    Milvus Lite 3.x searches in Python with a per-row loop over every segment (`milvus_lite/search/
+    executor_indexed.py`: the dedup map and the live-row mask), so its search time grows with the collection
+    whatever the index; a Milvus server answers from the index."""
+    import copy
+
+    from cluster.serve.pipeline import Linker
+    from workers.milvus_store import MilvusStore
+
+    server = None
+    kb_cfg = copy.deepcopy(cfg)
+    kb_cfg.milvus.index_type, kb_cfg.milvus.index_params = index["type"], dict(index["params"])
+    if kb_milvus == "server":
+        from workers.milvus_server import start_embedded_server
+
+        server, kb_cfg.milvus.uri, _ = start_embedded_server(str(root / "milvus_server"))
+    linker = Linker.from_config(kb_cfg, device="cpu")
+    store = MilvusStore(kb_cfg.milvus, kb_cfg.milvus.uri)
+    out = {}
+    for size in sizes:
+        start = time.perf_counter()
+        name, catalog = synthetic_collection(cfg, base, size, index, kb_cfg.milvus.uri)
+        build_s = time.perf_counter() - start
+        store.swap_alias(name, drop_old=False)
+        linker.retriever._collection = None  # see the swap now, not within ALIAS_REFRESH_S
+        linker.retriever.collection()
+        linker.retriever._load_catalog(name)
+        linker.retriever._catalog.update(catalog)
+        bench_in_process(linker, bodies, 1, 8)  # warm-up: the collection's first searches
+        out[size] = {**bench_in_process(linker, bodies, 1, min(n, 32)), "build_s": build_s}  # Lite 100k: ~2 s
+        print(f"  KB {size:>7} entities: p50 {out[size]['p50']:.1f} ms (collection built in {build_s:.0f} s)")
+        if server is None:  # the HTTP runs after this serve the base collection from the same Lite file
+            store.swap_alias(base, drop_old=False)
+            store.drop(name)
+    store.close()
+    if server is not None:
+        server.stop()
+    return out
+
+
+def print_results(results: dict, kb: dict, layouts: list[str], levels: list[int], default: str) -> None:
+    print(f"{'mode':<20}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
+    for label, cells in results.items():
+        for c, r in cells.items():
+            print(f"{label:<20}{c:>5}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.1f}")
+
+    print("\nper-stage p50 ms (timings_ms; http = client - server total; *_wait = queue + hop)")
+    print(f"{'mode':<20}{'conc':>5}" + "".join(f"{s:>12}" for s in STAGES) + f"{'client':>10}")
+    for label, cells in results.items():
+        for c, r in cells.items():
+            row = "".join(f"{r['stages'][s]:>12.2f}" if s in r["stages"] else f"{'-':>12}" for s in STAGES)
+            print(f"{label:<20}{c:>5}{row}{r['p50']:>10.2f}")
+
+    def goal(name: str, value: float, target: str, ok: bool) -> None:
+        print(f"  {name:<46}{value:>9.2f}   goal {target:<8} {'met' if ok else 'NOT met'}")
+
+    lo, hi = min(levels), max(levels)
+    local = results["in-process"]
+    if not layouts:
+        print("\ngoals (issue 19; no HTTP runs):")
+        goal(f"in-process p50 at conc {lo} (ms)", local[lo]["p50"], "<= 10", local[lo]["p50"] <= 10)
+        if len(kb) > 1:
+            ratio = kb[max(kb)]["p50"] / kb[min(kb)]["p50"]
+            goal(f"p50 at {max(kb)} / p50 at {min(kb)} entities", ratio, "<= 1.3x", ratio <= 1.3)
+        return
+    on, off = f"{default} batch on", f"{default} batch off"
+    print(f"\nratios (same run; HTTP = serve.layout {default}, the default):")
+    for c in levels:
+        a, b, here = results[on][c], results[off][c], results["in-process"][c]
+        print(
+            f"  conc {c:>2}: HTTP/in-process p50 {a['p50'] / here['p50']:.2f}x, "
+            f"rps batch on/off {a['rps'] / b['rps']:.2f}x, p50 batch on/off {a['p50'] / b['p50']:.2f}x"
+        )
+    if len(layouts) > 1:
+        for c in levels:
+            cells = {lay: results[f"{lay} batch on"][c] for lay in layouts}
+            print(
+                f"  conc {c:>2}: layouts "
+                + ", ".join(f"{lay} p50 {r['p50']:.1f} ms {r['rps']:.1f} req/s" for lay, r in cells.items())
+            )
+
+    print("\ngoals (issue 19):")
+    goal(f"HTTP p50 / in-process p50 at conc {lo}", results[on][lo]["p50"] / local[lo]["p50"], "<= 1.5x",
+         results[on][lo]["p50"] <= 1.5 * local[lo]["p50"])  # fmt: skip
+    goal(f"in-process p50 at conc {lo} (ms)", local[lo]["p50"], "<= 10", local[lo]["p50"] <= 10)
+    goal(f"HTTP req/s at conc {hi}", results[on][hi]["rps"], ">= 80", results[on][hi]["rps"] >= 80)
+    for c, target in ((hi, 1.5), (lo, 0.95)):
+        ratio = results[on][c]["rps"] / results[off][c]["rps"]
+        goal(f"rps batch on / off at conc {c}", ratio, f">= {target}x", ratio >= target)
+    if len(kb) > 1:
+        small, big = min(kb), max(kb)
+        ratio = kb[big]["p50"] / kb[small]["p50"]
+        goal(f"p50 at {big} / p50 at {small} entities", ratio, "<= 1.3x", ratio <= 1.3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64, help="requests per (mode, concurrency) cell")
     parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument(
+        "--layouts", default="single,split", help='serve.layout values to measure over HTTP ("": none)'
+    )
+    parser.add_argument(
+        "--entities", default="120", help="KB sizes for latency vs KB size, e.g. 120,10000,100000"
+    )
+    parser.add_argument(
+        "--kb-index", default="HNSW", help="index of the KB-size collections (FLAT, HNSW, ...)"
+    )
+    parser.add_argument(
+        "--kb-milvus", default="lite", choices=["lite", "server"], help="where the KB-size collections live"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--url", default=None, help="measure this running server (`mel serve`) instead")
     args = parser.parse_args(argv)
@@ -195,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from cluster.config import load_config
-    from cluster.serve.app import start_serve
+    from cluster.serve.app import start_serve, torch_threads
     from cluster.serve.pipeline import Linker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -207,52 +411,68 @@ def main(argv: list[str] | None = None) -> int:
             "kb.sample_entities=120",
             "kb.sample_mentions=400",
             f"serve.port={free_port()}",
-            "serve.num_cpus_per_replica=0.25",
             "serve.max_ongoing_requests=64",
             *args.set,
         ]
     )
     (root / "data").mkdir(parents=True)
     cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(root / "data" / "milvus.db"))
-    bodies, model_dir = prepare(cfg)
-    import torch
-
-    torch.set_num_threads(1)  # the same one thread per model the Serve replicas use
+    bodies, model_dir, base = prepare(cfg)
+    threads = torch_threads(cfg.serve)  # the threads per model that the Serve replicas use
     linker = Linker.from_config(cfg, device="cpu")
     results: dict[str, dict[int, dict]] = {"in-process": {}}
     for c in levels:
         bench_in_process(linker, bodies, c, 4)
         results["in-process"][c] = bench_in_process(linker, bodies, c, args.requests)
-    ray.init(
-        num_cpus=cfg.ray.num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-    )
+    sizes = sorted({int(x) for x in args.entities.split(",")})
+    kb = {}
+    if len(sizes) > 1:
+        index = {"type": args.kb_index.upper(), "params": {"M": 16, "efConstruction": 64}}
+        search_params = dict(cfg.milvus.search_params)
+        if index["type"] != "HNSW":
+            index["params"] = dict(cfg.milvus.index_params)
+        else:
+            cfg.milvus.search_params = {"ef": max(64, cfg.serve.retrieve_k), **search_params}
+        print(
+            f"latency vs KB size (Milvus {args.kb_milvus}, {index['type']} {index['params']}, "
+            f"search {cfg.milvus.search_params}):"
+        )
+        kb = bench_kb_sizes(cfg, bodies, base, sizes, index, args.requests, args.kb_milvus, root)
+        cfg.milvus.search_params = search_params  # the HTTP runs below search the base (FLAT) collection
+    for n, r in kb.items():
+        results[f"in-process KB {n}"] = {1: r}
+    layouts = [x for x in args.layouts.split(",") if x]
     batch_size = cfg.serve.batch_max_size
-    for label, size in (("http batch on", batch_size), ("http batch off", 1)):
-        cfg.serve.batch_max_size = size
-        url = start_serve(cfg)
-        results[label] = {c: bench_http(url, bodies, c, args.requests) for c in levels}
-        serve.delete("mel")
-    serve.shutdown()
-    ray.shutdown()
+    if layouts:
+        ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        )
+    for layout in layouts:
+        for label, size in (("batch on", batch_size), ("batch off", 1)):
+            cfg.serve.layout, cfg.serve.batch_max_size = layout, size
+            url = start_serve(cfg)
+            results[f"{layout} batch {label.split()[1]}"] = {
+                c: bench_http(url, bodies, c, args.requests) for c in levels
+            }
+            serve.delete("mel")
+    if layouts:
+        serve.shutdown()
+        ray.shutdown()
 
+    default = load_config().serve.layout
     print(
         f"\nbench_serve: {len(bodies)} entities, {args.requests} requests per cell, model {model_dir}, "
-        f"batch_max_size {batch_size}, host CPUs {os.cpu_count()}"
+        f"batch_max_size {batch_size}, torch threads {threads}, host CPUs {os.cpu_count()}"
     )
-    print(f"{'mode':<16}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
-    for label, cells in results.items():
-        for c, r in cells.items():
-            print(f"{label:<16}{c:>5}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.1f}")
-    print("\nratios (same run):")
-    for c in levels:
-        on, off, local = results["http batch on"][c], results["http batch off"][c], results["in-process"][c]
+    if kb:
         print(
-            f"  conc {c:>2}: HTTP/in-process p50 {on['p50'] / local['p50']:.2f}x, "
-            f"rps batch on/off {on['rps'] / off['rps']:.2f}x, p50 batch on/off {on['p50'] / off['p50']:.2f}x"
+            "latency vs KB size (in-process, conc 1): "
+            + ", ".join(f"{n}: p50 {r['p50']:.1f} ms" for n, r in kb.items())
         )
+    print_results(results, kb, layouts, levels, default if default in layouts or not layouts else layouts[0])
     return 0
 
 

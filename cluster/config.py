@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -102,8 +102,12 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     num_gpus_per_replica: float = 0.0
     num_cpus_per_replica: float = 0.25  # CPUs each replica reserves; 4 deployments fit a 2-CPU local Ray
+    # single: one deployment runs ingress + encoder + search + rerank (one machine; fewest hops, measured in
+    # bench/bench_serve.py); split: a deployment per stage, each scaled on its own (GPU scale-out)
+    layout: Literal["single", "split"] = "single"
+    torch_threads: int = 0  # intra-op threads per model replica; 0 = int(num_cpus_per_replica), at least 1
     batch_max_size: int = 16
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.0  # extra wait for a fuller batch; 0: a batch is what queued meanwhile
     top_k: int = 10  # candidates returned
     retrieve_k: int = 50  # candidates reranked
     nil_threshold: float | None = None  # on confidence [0,1]; None: the calibrated one, else never NIL
@@ -181,6 +185,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{source}: '{key}' must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: '{key}' must be a list, got {type(value).__name__}")

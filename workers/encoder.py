@@ -43,7 +43,9 @@ class PreparedBatch:
 class EncodedEntities:
     ids: list[str]
     vectors: np.ndarray  # [n,D] float32 retrieval vectors u_e
-    cache: dict[str, np.ndarray]  # rerank features, row-aligned with ids (floats at cache_dtype)
+    cache: dict[
+        str, np.ndarray
+    ]  # rerank features, row-aligned with ids (floats at cache_dtype; `vector` fp32)
     has_image: np.ndarray  # [n] bool: False = encoded text-only (no image, or it failed to load)
     image_errors: list[str] = field(default_factory=list)  # one message per image that failed, naming its uri
     names: list[str] = field(default_factory=list)
@@ -135,6 +137,7 @@ class EntityEncoder:
         for key, value in cache.items():
             arr = value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
             out[key] = arr.astype(self.cache_dtype) if value.is_floating_point() else arr
+        out["vector"] = vectors.cpu().numpy()  # u_e in fp32, exactly what Milvus holds: rerank reads it here
         return vectors.cpu().numpy(), out
 
     def encode_prepared(self, prep: PreparedBatch) -> EncodedEntities:

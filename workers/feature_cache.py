@@ -123,6 +123,11 @@ class FeatureCache:
             for row, eid in enumerate(shard.ids):
                 self._index[eid] = (name, row)
 
+    def has_key(self, key: str) -> bool:
+        """Whether every file holds the array `key` (e.g. `vector`, written by indexes since issue 19)."""
+        self._open()
+        return bool(self._shards) and all(key in _read_header(s.uri)[0] for s in self._shards.values())
+
     def ids(self) -> list[str]:
         """Every entity id with features (after applying deltas)."""
         self._open()

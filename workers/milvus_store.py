@@ -70,6 +70,7 @@ class Hit:
     entity_id: str
     score: float  # inner product <u_m, u_e> (metric IP)
     name: str
+    vector: list[float] | None = None  # u_e [D], with search(with_vectors=True)
 
 
 def is_lite(uri: str) -> bool:
@@ -268,8 +269,11 @@ class MilvusStore:
     def content_hashes(self, name: str, ids: list[str]) -> dict[str, str]:
         return {r["entity_id"]: r["content_hash"] for r in self.get(ids, collection=name)}
 
-    def search(self, vectors, top_k: int, filter: str = "", collection: str | None = None) -> list[list[Hit]]:
-        """Top-k entities by inner product for each query vector ([B, D])."""
+    def search(
+        self, vectors, top_k: int, filter: str = "", collection: str | None = None, with_vectors: bool = False
+    ) -> list[list[Hit]]:
+        """Top-k entities by inner product for each query vector ([B, D]); `with_vectors` returns each hit's
+        stored vector in the same call (serving's rerank needs it: no second round trip)."""
         data = np.asarray(vectors, dtype=np.float32)
         if data.ndim == 1:
             data = data[None, :]
@@ -280,11 +284,17 @@ class MilvusStore:
             data=data.tolist(),
             limit=int(top_k),
             filter=filter,
-            output_fields=["name"],
+            output_fields=["name", "vector"] if with_vectors else ["name"],
             search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
             consistency_level=self.cfg.consistency_level,
         )
-        return [[Hit(hit_id(h), float(h["distance"]), h["entity"].get("name", "")) for h in q] for q in res]
+        return [
+            [
+                Hit(hit_id(h), float(h["distance"]), h["entity"].get("name", ""), h["entity"].get("vector"))
+                for h in q
+            ]
+            for q in res
+        ]
 
     # -- alias ----------------------------------------------------------------------------------------------
     def current_collection(self) -> str | None:

@@ -1,16 +1,19 @@
-"""Linking on Ray Serve: an HTTP ingress composed by `.bind()` with an encoder, a retriever and a reranker.
+"""Linking on Ray Serve, in one of two layouts (`serve.layout`).
 
-    LinkIngress (FastAPI, /docs) --handle--> MentionEncoder (@serve.batch) --> Retriever (Milvus, alias)
-                                 --handle--> Reranker (@serve.batch, MMoE + FeatureCache)
+    single (default, one machine): LinkServer = FastAPI ingress + the whole pipeline in one replica; concurrent
+        requests share one encode, one Milvus search and one rerank per batch (`cluster.serve.batching`).
+    split (GPU scale-out):  LinkIngress (FastAPI) --handle--> MentionEncoder (batched) --> Retriever (Milvus,
+        batched searches) --> Reranker (batched, MMoE + FeatureCache), each scaled on its own.
 
-Each deployment wraps a plain class of `cluster.serve.pipeline`. Replicas, autoscaling, max_ongoing_requests, GPUs and
-batch sizes come from `ServeConfig`. `app_builder` is the `import_path` of `print_serve_config`'s YAML
-(`serve deploy`); `start_serve` / `run_serve` are `mel serve`.
+Each deployment wraps plain classes of `cluster.serve.pipeline`. Replicas, autoscaling, max_ongoing_requests, GPUs,
+torch threads and batch sizes come from `ServeConfig`. `app_builder` is the `import_path` of `print_serve_config`'s
+YAML (`serve deploy`); `start_serve` / `run_serve` are `mel serve`. Every answer carries per-stage `timings_ms`
+(`cluster.serve.pipeline.STAGES`) and the ingress records them as Prometheus metrics (`cluster.serve.metrics`).
 
-Milvus Lite: a `.db` file is owned by one process. `build_app` then keeps the retriever at one replica, and
-`start_serve` opens the file's Lite server in the calling process and hands replicas its local gRPC URI, so an
-index job run by that same process can write (and swap the alias) while serving. Another process must not
-open the file meanwhile; use a Milvus server for several writers.
+Milvus Lite: a `.db` file is owned by one process. `build_app` then keeps the retriever (or the single-layout
+server) at one replica, and `start_serve` opens the file's Lite server in the calling process and hands replicas
+its local gRPC URI, so an index job run by that same process can write (and swap the alias) while serving.
+Another process must not open the file meanwhile; use a Milvus server for several writers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import signal
 import threading
+import time
 
 import ray
 from pydantic import BaseModel, ConfigDict
@@ -29,30 +33,11 @@ from ray import serve
 from ray.serve import Application
 
 from cluster.config import MELConfig, load_config, milvus_uri
+from cluster.serve.batching import Batcher
 
 log = logging.getLogger("mel.serve")
 
 APP_NAME = "mel"
-
-
-def _run_batch(fn, items: list) -> list:
-    """Run a batch; if it fails, run its items one by one so one bad item fails only its own request.
-
-    Failures come back as exception objects (the caller re-raises them) and never as StopIteration, which
-    asyncio cannot carry through a future (it would wedge the replica's batch loop).
-    """
-    try:
-        return fn(items)
-    except Exception:  # noqa: BLE001 - isolated below, item by item
-        out = []
-        for item in items:
-            try:
-                out.extend(fn([item]))
-            except StopIteration as exc:
-                out.append(RuntimeError(f"StopIteration in {fn.__name__}: {exc!r}"))
-            except Exception as exc:  # noqa: BLE001 - handed to the caller of this item
-                out.append(exc)
-        return out
 
 
 def _raise_failed(result):
@@ -61,51 +46,124 @@ def _raise_failed(result):
     return result
 
 
-def _set_batching(batched_method, user_config: dict) -> None:
-    """`@serve.batch` sizes from the deployment's user_config (serve.batch_max_size / batch_wait_timeout_s)."""
-    batched_method.set_max_batch_size(int(user_config["batch_max_size"]))
-    batched_method.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+def _batcher(fn, serve_cfg) -> Batcher:
+    return Batcher(fn, serve_cfg.batch_max_size, serve_cfg.batch_wait_timeout_s)
 
 
-def _torch_threads(num_cpus: float) -> None:
-    """One replica must not grab every core (torch defaults to all of them)."""
+def _set_batching(batcher: Batcher, user_config: dict) -> None:
+    """Batch sizes from the deployment's user_config (serve.batch_max_size / batch_wait_timeout_s)."""
+    batcher.configure(int(user_config["batch_max_size"]), float(user_config["batch_wait_timeout_s"]))
+
+
+def torch_threads(serve_cfg) -> int:
+    """Intra-op threads of one model replica: serve.torch_threads, else its CPU reservation (at least 1);
+    torch's default (every core) makes replicas on one machine fight over the same cores."""
     import torch
 
-    torch.set_num_threads(max(1, int(num_cpus)))
+    threads = serve_cfg.torch_threads or max(1, int(serve_cfg.num_cpus_per_replica))
+    torch.set_num_threads(threads)
+    return threads
 
 
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+# -- layout "single": one deployment runs the ingress and the whole pipeline ----------------------------------
+@serve.deployment
+@serve.ingress()
+class LinkServer:
+    """HTTP front door and `Linker` in one replica: no hops between stages, one batch for all three stages."""
+
+    def __init__(self, cfg: MELConfig, model_dir: str):
+        from cluster.serve.metrics import ServeMetrics
+        from cluster.serve.pipeline import Linker
+        from workers.images import ImageLoader
+
+        torch_threads(cfg.serve)
+        self.cfg = cfg
+        self.linker = Linker.from_config(cfg, model_dir=model_dir)
+        self.batcher = _batcher(self.linker.link, cfg.serve)
+        self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
+        self.metrics = ServeMetrics()
+
+    def __serve_build_asgi_app__(self):
+        from cluster.serve.http import create_app
+
+        return create_app(
+            self, self.cfg.serve, self.loader, self.metrics, partitioned=bool(self.cfg.milvus.partition_key)
+        )
+
+    def reconfigure(self, user_config: dict) -> None:
+        _set_batching(self.batcher, user_config)
+
+    async def _link_one(self, query) -> dict:
+        answer, wait_ms = await self.batcher.submit(query)
+        answer["timings_ms"] = {"encode_wait": round(wait_ms, 3), **answer["timings_ms"]}
+        return answer
+
+    async def link_queries(self, queries: list) -> list[dict]:
+        return list(await asyncio.gather(*(self._link_one(q) for q in queries)))
+
+    async def entity(self, entity_id: str) -> dict | None:
+        return await self.linker.entity(entity_id)
+
+    async def search_entities(self, query: str, offset: int, limit: int) -> dict:
+        return await self.linker.search_entities(query, offset, limit)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        try:
+            ready, detail = await self.linker.readiness()
+        except Exception as exc:  # Milvus unreachable: not ready, and say why
+            return False, {"reason": f"retriever: {type(exc).__name__}"}
+        return ready, {**detail, "nil_threshold": self.linker.threshold}
+
+
+# -- layout "split": a deployment per stage, composed by handles -----------------------------------------------
 @serve.deployment
 class MentionEncoder:
-    """Mention -> MMoE features + u_m; concurrent requests are grouped by `@serve.batch`."""
+    """Mention -> MMoE features + u_m; concurrent requests are batched."""
 
     def __init__(self, cfg: MELConfig, model_dir: str):
         from cluster.serve.pipeline import MentionEncoder as Plain
         from cluster.serve.pipeline import mention_texts
         from workers.device import pick_device
 
-        _torch_threads(cfg.serve.num_cpus_per_replica)
+        torch_threads(cfg.serve)
         device = str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica))
         self.encoder = Plain(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir))
+        self.batcher = _batcher(self.encoder.encode, cfg.serve)
 
     def reconfigure(self, user_config: dict) -> None:
-        _set_batching(self.encode, user_config)
+        _set_batching(self.batcher, user_config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def encode(self, queries: list) -> list:
-        return await asyncio.to_thread(_run_batch, self.encoder.encode, queries)
+    async def encode(self, query):
+        encoded, _ = await self.batcher.submit(query)
+        return encoded
 
 
 @serve.deployment
 class Retriever:
-    """ANN top-K from the collection behind the alias (re-resolved each second: swaps need no restart)."""
+    """ANN top-K from the collection behind the alias (re-resolved each second: swaps need no restart); the
+    searches of concurrent requests are batched into one Milvus call per filter."""
 
     def __init__(self, cfg: MELConfig):
         from cluster.serve.pipeline import Retriever as Plain
 
         self.retriever = Plain(cfg)
+        self.batcher = _batcher(self._retrieve, cfg.serve)
+
+    def reconfigure(self, user_config: dict) -> None:
+        _set_batching(self.batcher, user_config)
+
+    def _retrieve(self, items: list) -> list:
+        import numpy as np
+
+        vectors, top_ks, filter_exprs = zip(*items)
+        return self.retriever.retrieve_many(np.stack(vectors), list(top_ks), list(filter_exprs))
 
     async def retrieve(self, vector, top_k: int, filter_expr: str):
-        (hits,) = await asyncio.to_thread(self.retriever.retrieve, vector[None, :], top_k, filter_expr)
+        hits, _ = await self.batcher.submit((vector, top_k, filter_expr))
         return hits
 
     async def entity(self, entity_id: str):
@@ -120,21 +178,22 @@ class Retriever:
 
 @serve.deployment
 class Reranker:
-    """Exact MMoE scores of each mention's own candidates; `@serve.batch` pads candidate sets to one tensor."""
+    """Exact MMoE scores of each mention's own candidates; a batch pads candidate sets to one tensor."""
 
     def __init__(self, cfg: MELConfig, model_dir: str):
         from cluster.serve.pipeline import Reranker as Plain
         from workers.device import pick_device
 
-        _torch_threads(cfg.serve.num_cpus_per_replica)
+        torch_threads(cfg.serve)
         self.reranker = Plain(cfg, model_dir, str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica)))
+        self.batcher = _batcher(self.reranker.rerank, cfg.serve)
 
     def reconfigure(self, user_config: dict) -> None:
-        _set_batching(self.rerank, user_config)
+        _set_batching(self.batcher, user_config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def rerank(self, items: list) -> list:
-        return await asyncio.to_thread(_run_batch, self.reranker.rerank, items)
+    async def rerank(self, item):
+        ranked, _ = await self.batcher.submit(item)
+        return ranked
 
 
 @serve.deployment
@@ -144,6 +203,7 @@ class LinkIngress:
 
     def __init__(self, cfg: MELConfig, model_dir: str, encoder, retriever, reranker):
         from cluster.artifacts import nil_threshold, read_calibration
+        from cluster.serve.metrics import ServeMetrics
         from workers.collections import model_tag
         from workers.images import ImageLoader
 
@@ -153,22 +213,32 @@ class LinkIngress:
         self.threshold = nil_threshold(cfg.serve, model_dir)  # on the best candidate's confidence
         self.calibration = read_calibration(model_dir)  # temperature and NIL logit for `confidence`
         self.loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
+        self.metrics = ServeMetrics()
 
     def __serve_build_asgi_app__(self):
         from cluster.serve.http import create_app
 
-        return create_app(self, self.cfg.serve, self.loader, bool(self.cfg.milvus.partition_key))
+        return create_app(
+            self, self.cfg.serve, self.loader, self.metrics, partitioned=bool(self.cfg.milvus.partition_key)
+        )
 
     async def _link_one(self, query) -> dict:
+        """Each hop's wall time minus the work the deployment reports = its queue wait plus the hop."""
         from cluster.serve.guard import ensure_indexed_by
         from cluster.serve.pipeline import assemble
 
-        enc = _raise_failed(await self.encoder.encode.remote(query))
+        start = time.perf_counter()
+        enc = await self.encoder.encode.remote(query)
+        waits = {"encode_wait": _ms(start) - enc.ms}
+        start = time.perf_counter()
         k = max(self.cfg.serve.retrieve_k, query.top_k)
         ret = await self.retriever.retrieve.remote(enc.vector, k, query.filter_expr)
+        waits["search_wait"] = _ms(start) - ret.ms
         ensure_indexed_by(ret.collection, self.tag)
-        ranked = _raise_failed(await self.reranker.rerank.remote((enc, ret)))
-        return assemble(query, enc, ret, ranked, self.threshold, self.calibration)
+        start = time.perf_counter()
+        ranked = await self.reranker.rerank.remote((enc, ret))
+        waits["rerank_wait"] = _ms(start) - ranked["ms"] - ranked["fetch_ms"]
+        return assemble(query, enc, ret, ranked, self.threshold, self.calibration, waits)
 
     async def link_queries(self, queries: list) -> list[dict]:
         return list(await asyncio.gather(*(self._link_one(q) for q in queries)))
@@ -208,37 +278,34 @@ def _scaling(serve_cfg, replicas_fixed: int | None = None) -> dict:
 
 
 def deployment_options(cfg: MELConfig) -> dict[str, dict]:
-    """Per-deployment Serve options; shared by `build_app` and `print_serve_config`."""
+    """Per-deployment Serve options of `serve.layout`; shared by `build_app` and `print_serve_config`."""
     s = cfg.serve
     cpu = {"num_cpus": s.num_cpus_per_replica}
     model = {"num_cpus": s.num_cpus_per_replica, "num_gpus": s.num_gpus_per_replica}
     batching = {"batch_max_size": s.batch_max_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}
     from workers.milvus_store import is_lite
 
-    lite = is_lite(milvus_uri(cfg))  # a Lite file has one owner process: one retriever replica
+    lite = is_lite(milvus_uri(cfg))  # a Lite file has one owner process: one replica opens it
+    common = {"max_ongoing_requests": s.max_ongoing_requests}
+    if s.layout == "single":
+        return {
+            "LinkServer": {
+                **_scaling(s, 1 if lite else None),
+                **common,
+                "ray_actor_options": model,
+                "user_config": batching,
+            }
+        }
     return {
-        "LinkIngress": {
-            **_scaling(s),
-            "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": cpu,
-        },
-        "MentionEncoder": {
-            **_scaling(s),
-            "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": model,
-            "user_config": batching,
-        },
+        "LinkIngress": {**_scaling(s), **common, "ray_actor_options": cpu},
+        "MentionEncoder": {**_scaling(s), **common, "ray_actor_options": model, "user_config": batching},
         "Retriever": {
             **_scaling(s, 1 if lite else None),
-            "max_ongoing_requests": s.max_ongoing_requests,
+            **common,
             "ray_actor_options": cpu,
-        },
-        "Reranker": {
-            **_scaling(s),
-            "max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": model,
             "user_config": batching,
         },
+        "Reranker": {**_scaling(s), **common, "ray_actor_options": model, "user_config": batching},
     }
 
 
@@ -248,6 +315,8 @@ def build_app(cfg: MELConfig) -> Application:
 
     model_dir = str(serving_model_dir(cfg))
     opts = deployment_options(cfg)
+    if cfg.serve.layout == "single":
+        return LinkServer.options(**opts["LinkServer"]).bind(cfg, model_dir)
     encoder = MentionEncoder.options(**opts["MentionEncoder"]).bind(cfg, model_dir)
     retriever = Retriever.options(**opts["Retriever"]).bind(cfg)
     reranker = Reranker.options(**opts["Reranker"]).bind(cfg, model_dir)
@@ -379,13 +448,16 @@ def _wait_for_port(host: str, port: int, timeout_s: float = 120.0) -> None:
 
 
 def run_serve(cfg: MELConfig) -> None:
-    """`mel serve`: deploy, print the URL, block until Ctrl-C / SIGTERM, then shut Serve down cleanly."""
-    url = start_serve(cfg)
-    print(f"serving at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops", flush=True)
-    print(f"playground: open {url}/ui/ in a browser to link mentions and browse the KB", flush=True)
+    """`mel serve`: deploy, print the URL, block until Ctrl-C / SIGTERM, then shut Serve down cleanly.
+
+    The handlers are installed before deploying: /readyz can answer 200 a moment before `serve.run` returns (a
+    single deployment is ready that fast), and a Ctrl-C then must still shut down cleanly, not interrupt."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        url = start_serve(cfg)
+        print(f"serving at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops", flush=True)
+        print(f"playground: open {url}/ui/ in a browser to link mentions and browse the KB", flush=True)
         while not stop.wait(1.0):
             pass
     finally:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.serve.client_images import ClientImages
@@ -34,6 +35,7 @@ from cluster.serve.schemas import (
 
 log = logging.getLogger("mel.api")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RECEIVED_AT = "mel.received_at"  # ASGI scope key: perf_counter() when the ingress got the request
 
 
 class ApiError(Exception):
@@ -71,12 +73,14 @@ class BodyLimit:
     own `receive()` would be caught by FastAPI's body parsing and turned into its generic 400.
     """
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, metrics=None):
         self.app, self.max_body_bytes = app, max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope[RECEIVED_AT] = time.perf_counter()  # the start of the `parse` stage and of `total`
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -105,6 +109,8 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, headers: dict, send) -> None:
+        if self.metrics is not None:
+            self.metrics.request("body_limit", 413)
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if REQUEST_ID.fullmatch(given) else new_request_id()
         body = {
@@ -126,6 +132,46 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+class RequestIds:
+    """ASGI middleware: every answer carries `x-request-id` (the client's when well-formed, else a new one; a
+    malformed one is a 400), an unhandled exception is a 500 with the id and no trace, and each answer is counted
+    in `metrics` by route template and status. Plain ASGI rather than `@app.middleware("http")`: Starlette's
+    BaseHTTPMiddleware runs every request through an extra task and memory streams."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        given = request.headers.get("x-request-id")
+        rid = given if given and REQUEST_ID.fullmatch(given) else new_request_id()
+        request.state.request_id = rid
+        status, started = 500, False
+
+        async def send_with_id(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                MutableHeaders(scope=message)["x-request-id"] = rid
+            await send(message)
+
+        try:
+            if given and rid != given:
+                message = "x-request-id: 1-128 ASCII letters, digits or ._:- only"
+                await _error(400, message, request, "x-request-id")(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s failed", rid)
+            if started:
+                raise
+            await _error(500, "internal error", request)(scope, receive, send_with_id)
+        route = scope.get("route")  # the matched route's template, not the raw path (bounded tags)
+        self.metrics.request(getattr(route, "path", "unmatched"), status)
 
 
 def _field_name(loc: tuple) -> str:
@@ -182,27 +228,21 @@ async def _image(images: ClientImages, value: str | None, field: str):
     return await images.decode(value, field) if value else None
 
 
-def create_app(backend: LinkBackend, serve_cfg, image_loader=None, partitioned: bool = False) -> FastAPI:
+def _since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def create_app(
+    backend: LinkBackend, serve_cfg, image_loader=None, metrics=None, partitioned: bool = False
+) -> FastAPI:
     """The FastAPI app (OpenAPI at /docs). `image_loader`: a `workers.images.ImageLoader` or None;
+    `metrics`: a `cluster.serve.metrics.ServeMetrics` inside a Serve replica (None: nothing recorded);
     `partitioned`: the collection has milvus.partition_key's field, so `filters.partition` can be served."""
+    from cluster.serve.metrics import NoMetrics
+
+    metrics = metrics or NoMetrics()
     app = FastAPI(title="MEL linker", version="1", description="Multimodal entity linking with MMoE.")
     images = ClientImages(serve_cfg, image_loader, ApiError)
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        given = request.headers.get("x-request-id")
-        request.state.request_id = given if given and REQUEST_ID.fullmatch(given) else new_request_id()
-        if given and request.state.request_id != given:
-            return _error(
-                400, "x-request-id: 1-128 ASCII letters, digits or ._:- only", request, "x-request-id"
-            )
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("request %s failed", request.state.request_id)
-            return _error(500, "internal error", request)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -251,23 +291,29 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None, partitioned: 
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
     @app.post("/link", response_model=LinkResponse, response_model_exclude_none=True)
-    async def link(body: LinkRequest) -> dict:
-        start = time.perf_counter()
+    async def link(body: LinkRequest, request: Request) -> dict:
+        start = request.scope.get(RECEIVED_AT) or time.perf_counter()
         queries = await to_queries([body], "", serve_cfg, images, partitioned)
+        parse_ms = _since(start)  # body read, JSON + pydantic, image decode
         (result,) = await backend.link_queries(queries)
-        result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1000, 3)
+        result["timings_ms"] = {"parse": parse_ms, **result["timings_ms"], "total": _since(start)}
+        metrics.answered(result)
         return result
 
     @app.post("/link/batch", response_model=BatchLinkResponse, response_model_exclude_none=True)
-    async def link_batch(body: BatchLinkRequest) -> dict:
-        start = time.perf_counter()
+    async def link_batch(body: BatchLinkRequest, request: Request) -> dict:
+        start = request.scope.get(RECEIVED_AT) or time.perf_counter()
         if len(body.mentions) > serve_cfg.max_batch_mentions:
             raise ApiError(
                 413, f"mentions: more than max_batch_mentions ({serve_cfg.max_batch_mentions})", "mentions"
             )
         queries = await to_queries(body.mentions, "mentions.", serve_cfg, images, partitioned)
+        parse_ms = _since(start)
         results = await backend.link_queries(queries)
-        return {"results": results, "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
+        for result in results:
+            result["timings_ms"] = {"parse": parse_ms, **result["timings_ms"]}
+            metrics.answered(result)
+        return {"results": results, "timings_ms": {"parse": parse_ms, "total": _since(start)}}
 
     @app.get("/entities/{entity_id}", response_model=Entity)
     async def entity(entity_id: str, request: Request):
@@ -281,5 +327,6 @@ def create_app(backend: LinkBackend, serve_cfg, image_loader=None, partitioned: 
     from cluster.serve.ui import mount_ui
 
     mount_ui(app, backend, serve_cfg, image_loader)  # the playground at /ui and the KB browser's API
-    app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes)  # outermost: before parsing
+    app.add_middleware(RequestIds, metrics=metrics)
+    app.add_middleware(BodyLimit, max_body_bytes=serve_cfg.max_body_bytes, metrics=metrics)  # outermost
     return app

@@ -48,8 +48,9 @@ class Retrieved:
     ids: list[str]
     names: list[str]
     descriptions: list[str]
-    vectors: np.ndarray  # [K, D] u_e of the candidates (for the inner-product part of the exact score)
-    ms: float
+    vectors: np.ndarray | None  # [K, D] u_e from Milvus; None: the feature cache holds them (`vector`)
+    ms: float  # search + candidate fetch, wall time of the batch's `retrieve` call
+    search_ms: float = 0.0  # the ANN search alone (one Milvus call per batch and filter)
 
 
 def _map_tensors(obj: Any, fn) -> Any:
@@ -250,6 +251,15 @@ class Retriever:
         self._catalog: dict[str, dict] = {}
         self._catalog_for: str | None = None
         self._catalog_at = 0.0
+        self._cached_vectors: dict[str, bool] = {}  # collection -> its feature cache holds `vector`
+
+    def _vectors_in_cache(self, collection: str) -> bool:
+        """Indexes since issue 19 store u_e in the feature cache; older ones need the vectors from Milvus."""
+        if collection not in self._cached_vectors:
+            from workers.feature_cache import FeatureCache
+
+            self._cached_vectors = {collection: FeatureCache(self.storage, collection).has_key("vector")}
+        return self._cached_vectors[collection]
 
     def collection(self) -> str | None:
         """The alias target, re-resolved at most every ALIAS_REFRESH_S (a swap needs no restart)."""
@@ -313,34 +323,52 @@ class Retriever:
         return count > 0, {"collection": collection, "entities": count}
 
     def _search(self, vectors: np.ndarray, top_k: int, filter_expr: str):
+        """One Milvus search for all `vectors`; the candidates' u_e come from the feature cache (the reranker
+        reads them), or with the hits for an index whose cache lacks them (never a second Milvus call)."""
         collection = self.collection()
         if collection is None:
             raise LookupError(f"alias {self.store.alias!r} does not exist yet: run `mel index` first")
         if self._catalog_for != collection:
             self._load_catalog(collection)
-        hits = self.store.search(vectors, top_k, filter=filter_expr, collection=collection)
-        ids = sorted({h.entity_id for q in hits for h in q})
-        rows = {r["entity_id"]: r for r in self.store.get(ids, collection=collection, with_vectors=True)}
-        return collection, hits, rows
+        with_vectors = not self._vectors_in_cache(collection)
+        hits = self.store.search(
+            vectors, top_k, filter=filter_expr, collection=collection, with_vectors=with_vectors
+        )
+        return collection, hits
 
     def retrieve(self, vectors: np.ndarray, top_k: int, filter_expr: str = "") -> list[Retrieved]:
         """For each query vector, its top-K hits with their stored vectors, names and descriptions."""
+        return self.retrieve_many(vectors, [top_k] * len(vectors), [filter_expr] * len(vectors))
+
+    def retrieve_many(
+        self, vectors: np.ndarray, top_ks: list[int], filter_exprs: list[str]
+    ) -> list[Retrieved]:
+        """Per query its own K and filter, with one search per distinct filter (the largest K of its group):
+        a search's top-K' starts with its top-K for K <= K', so each query keeps the first K of its hits."""
         start = time.perf_counter()
-        try:
-            collection, hits, rows = self._search(vectors, top_k, filter_expr)
-        except (
-            Exception
-        ):  # the alias may have just moved and the old collection been dropped: re-resolve once
-            self._collection = None
-            collection, hits, rows = self._search(vectors, top_k, filter_expr)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(top_ks), -1)
+        groups: dict[str, list[int]] = {}
+        for i, expr in enumerate(filter_exprs):
+            groups.setdefault(expr, []).append(i)
+        hits: list[list] = [[] for _ in top_ks]
+        search_ms = 0.0
+        for expr, rows in groups.items():
+            k = max(top_ks[i] for i in rows)
+            t0 = time.perf_counter()
+            try:
+                collection, found = self._search(vectors[rows], k, expr)
+            except Exception:  # the alias may have just moved and the old collection been dropped: re-resolve
+                self._collection = None
+                collection, found = self._search(vectors[rows], k, expr)
+            search_ms += (time.perf_counter() - t0) * 1000
+            for i, q in zip(rows, found):
+                hits[i] = q[: top_ks[i]]
         stale = time.monotonic() - self._catalog_at > ALIAS_REFRESH_S
         if stale and any(h.entity_id not in self._catalog for q in hits for h in q):
             self._load_catalog(collection)  # an incremental index added entities to the same collection
         ms = (time.perf_counter() - start) * 1000
         out = []
         for q in hits:
-            q = [h for h in q if h.entity_id in rows]  # deleted between search and get
-            vecs = np.asarray([rows[h.entity_id]["vector"] for h in q], dtype=np.float32)
             meta = [self._catalog.get(h.entity_id, {}) for h in q]
             out.append(
                 Retrieved(
@@ -348,8 +376,11 @@ class Retriever:
                     ids=[h.entity_id for h in q],
                     names=[m.get("name", h.name) for m, h in zip(meta, q)],
                     descriptions=[m.get("description", "") for m in meta],
-                    vectors=vecs.reshape(len(q), vectors.shape[-1]),
+                    vectors=None
+                    if not q or q[0].vector is None
+                    else np.asarray([h.vector for h in q], dtype=np.float32).reshape(len(q), -1),
                     ms=ms,
+                    search_ms=search_ms,
                 )
             )
         return out
@@ -384,16 +415,22 @@ class Reranker:
 
     @torch.inference_mode()
     def rerank(self, items: list[tuple[EncodedMention, Retrieved]]) -> list[dict]:
-        """-> per item {order, scores, units}: candidates sorted by the full score, best first."""
+        """-> per item {order, scores, units, ms, fetch_ms}: candidates sorted by the full score, best first."""
         start = time.perf_counter()
         out: list[dict | None] = [None] * len(items)
         live = [i for i, (_, r) in enumerate(items) if r.ids]
         for i in set(range(len(items))) - set(live):
-            out[i] = {"order": [], "scores": [], "units": [], "ms": 0.0}
+            out[i] = {"order": [], "scores": [], "units": [], "ms": 0.0, "fetch_ms": 0.0}
         if live:
-            mentions = stack_sides([items[i][0].features for i in live], self.device)
             caches = [self._load(items[i][1].collection, items[i][1].ids) for i in live]
-            vectors, cache, mask = pad_candidates([items[i][1].vectors for i in live], caches, self.device)
+            cand_vectors = [  # u_e: from the feature cache (fp32, as Milvus holds it), else from the search
+                c.pop("vector").numpy() if "vector" in c else items[i][1].vectors
+                for i, c in zip(live, caches)
+            ]
+            fetch_ms = (time.perf_counter() - start) * 1000  # the candidates' cached features and vectors
+            start = time.perf_counter()
+            mentions = stack_sides([items[i][0].features for i in live], self.device)
+            vectors, cache, mask = pad_candidates(cand_vectors, caches, self.device)
             scored = self.model.score_candidates(mentions, vectors, cache)
             scores = scored.scores.float().masked_fill(~mask, float("-inf")).cpu()
             units = torch.stack([scored.text, scored.image, scored.cross], dim=-1).float().cpu()
@@ -405,9 +442,16 @@ class Reranker:
                     "order": order,
                     "scores": scores[row, order].tolist(),
                     "units": units[row, order].tolist(),
-                    "ms": ms,
+                    "ms": ms,  # forward: stack, pad and score
+                    "fetch_ms": fetch_ms,
                 }
         return out
+
+
+STAGES = ("parse", "encode_wait", "encode", "search", "fetch", "rerank_wait", "rerank", "assemble")
+"""The per-stage keys of an answer's `timings_ms`, in pipeline order (plus `retrieve` = search + its own
+fetch, kept for older readers, and `total`, the ingress's wall time). `*_wait`: queue wait plus the hop to a
+deployment; `fetch`: the candidates' vectors and cached features; client-side HTTP = client time - total."""
 
 
 def assemble(
@@ -417,11 +461,14 @@ def assemble(
     ranked: dict,
     threshold,
     calibration: dict | None = None,
+    waits: dict[str, float] | None = None,
 ) -> dict:
     """The `LinkResponse` body: top_k candidates with score and confidence, the NIL decision (on the best
-    confidence, `threshold` in confidence units) and per-stage timings."""
+    confidence, `threshold` in confidence units) and per-stage timings (`STAGES`; `waits` as measured by the
+    caller)."""
     from cluster.evaluate.calibration import serving_confidences
 
+    start = time.perf_counter()
     confidence = serving_confidences([float(s) for s in ranked["scores"]], calibration or {})
     candidates = []
     for rank, (j, score, units) in enumerate(zip(ranked["order"], ranked["scores"], ranked["units"]), 1):
@@ -440,16 +487,21 @@ def assemble(
         candidates.append(cand)
     best = candidates[0]["confidence"] if candidates else None
     nil = best is None or (threshold is not None and best < threshold)  # nothing retrieved: NIL too
+    timings = {
+        **(waits or {}),
+        "encode": enc.ms,
+        "search": ret.search_ms,
+        "fetch": ret.ms - ret.search_ms + ranked.get("fetch_ms", 0.0),
+        "retrieve": ret.ms,
+        "rerank": ranked["ms"],
+        "assemble": (time.perf_counter() - start) * 1000,
+    }
     out = {
         "candidates": candidates,
         "nil": bool(nil),
         "nil_threshold": threshold,
         "collection": ret.collection,
-        "timings_ms": {
-            "encode": round(enc.ms, 3),
-            "retrieve": round(ret.ms, 3),
-            "rerank": round(ranked["ms"], 3),
-        },
+        "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
     if enc.dme_reason:  # the model was trained with DME: the request ran it (inside "encode")
         out["timings_ms"]["dme"] = round(enc.dme_ms, 3)
@@ -472,8 +524,8 @@ class Linker:
     calibration: dict = field(default_factory=dict)  # calibration.json beside the model ({}: plain softmax)
 
     @classmethod
-    def from_config(cls, cfg, device: str | None = None) -> Linker:
-        model_dir = serving_model_dir(cfg)
+    def from_config(cls, cfg, device: str | None = None, model_dir: str | Path | None = None) -> Linker:
+        model_dir = Path(model_dir) if model_dir else serving_model_dir(cfg)
         device = str(pick_device(device, cfg.serve.num_gpus_per_replica))
         return cls(
             MentionEncoder(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir)),
@@ -488,12 +540,13 @@ class Linker:
 
     def link(self, queries: list[MentionQuery]) -> list[dict]:
         encoded = self.encoder.encode(queries)
-        retrieved = []
-        for q, e in zip(queries, encoded):  # filters and K differ per query: one search each
-            k = max(self.retrieve_k, q.top_k)
-            retrieved += self.retriever.retrieve(e.vector[None, :], k, q.filter_expr)
-        for r in retrieved:
-            ensure_indexed_by(r.collection, self.tag)
+        retrieved = self.retriever.retrieve_many(
+            np.stack([e.vector for e in encoded]),
+            [max(self.retrieve_k, q.top_k) for q in queries],
+            [q.filter_expr for q in queries],
+        )  # one search per distinct filter, not per query
+        for collection in {r.collection for r in retrieved}:
+            ensure_indexed_by(collection, self.tag)
         ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
         return [
             assemble(q, e, r, rr, self.threshold, self.calibration)

@@ -54,6 +54,7 @@ def small_served_app(tmp: Path, app: str, route: str, n_entities: int = 40):
             f"kb.sample_entities={n_entities}",
             "kb.sample_mentions=40",
             "serve.num_cpus_per_replica=0.1",
+            "serve.layout=split",  # the fault tests kill one stage's replica (the reranker) or the ingress
             f"milvus.collection={alias}",
             "serve.max_body_bytes=200000",
             "serve.max_image_bytes=100000",

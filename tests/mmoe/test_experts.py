@@ -112,3 +112,14 @@ def test_token_gate_has_no_positional_defect():
     out = make_moe(top_k=2)(torch.randn(3, 17, 8))
     assert (out.hidden_states[:, 4:].abs().sum(-1) > 0).all()
     assert (out.gate_weights[..., 2:] > 0).any()
+
+
+def test_inference_skips_the_aux_loss_and_keeps_the_output():
+    moe = make_moe()
+    x = torch.randn(2, 7, 8)
+    trained = moe(x)
+    moe.eval()
+    with torch.inference_mode():
+        served = moe(x)
+    assert served.aux_loss.item() == 0.0 and trained.aux_loss.item() > 0
+    assert torch.allclose(served.hidden_states, trained.hidden_states, atol=1e-6)  # dropout 0 in tiny configs

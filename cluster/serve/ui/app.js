@@ -166,7 +166,8 @@ function renderResult(r) {
   $("usage-fig").hidden = !usage;
   $("usage").replaceChildren(...Object.entries(usage || {}).map(([layer, w]) => usageChart(layer, w)));
   const t = r.timings_ms || {};
-  const stages = ["encode", "retrieve", "rerank"].filter((k) => k in t).map((k) => [k, t[k]]);
+  const names = ["parse", "encode_wait", "encode", "search_wait", "search", "fetch", "rerank_wait", "rerank", "assemble"];
+  const stages = names.filter((k) => k in t).map((k) => [k, t[k]]);
   const other = (t.total || 0) - stages.reduce((s, [, v]) => s + v, 0);
   if (other > 0) stages.push(["other", other]);
   $("timings").replaceChildren(stacked("stages", stages, `${fmt(t.total, 1)} ms total`, " ms"), legend(stages.map(([k]) => k), Object.fromEntries(stages.map(([k, v]) => [k, `${fmt(v, 1)} ms`]))));

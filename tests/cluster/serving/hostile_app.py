@@ -80,7 +80,9 @@ def start_app(tmp: Path, serve_overrides: list[str]) -> HostileApp:
     swap_alias(cfg, index_collection(cfg, model_dir, f"{cfg.milvus.collection}_v1", entities))
     linker = Linker.from_config(cfg)
     loader = ImageLoader.for_kb(cfg.encoder, cfg.storage, cfg.kb)
-    url, server = serve_http(create_app(linker, cfg.serve, loader, bool(cfg.milvus.partition_key)))
+    url, server = serve_http(
+        create_app(linker, cfg.serve, loader, partitioned=bool(cfg.milvus.partition_key))
+    )
     return HostileApp(cfg, url, entities, server, linker, loader)
 
 
