@@ -6,9 +6,12 @@
 Rows, all measured in this one run on the same batches of synthetic sample-KB entities (PNG images on disk):
 - `bare loop`: one process: load images + tokenize (prepare_entities), then the model (EntityEncoder), in turn;
 - `ray pipeline`: workers.ray_pool.EncodingPool, the path `mel index` takes (prepare tasks overlap the model);
+- `ray data`: the same two stages as Ray Data operators (`map` of prepare tasks -> `map` on an ActorPoolStrategy
+  of EntityEncoders), results streamed back to the driver as the pool's are (issue 20: keep the faster one);
 - `model only`: EntityEncoder on already-prepared batches (the ceiling the pipeline can reach).
 `ratio` = entities/s / bare-loop entities/s (goal >= 0.9 for the pipeline). Actor start-up and a warm-up
-batch are excluded from every timing. `--clip-size vit-b32` builds real ViT-B/32 dimensions with random weights.
+batch are excluded from every timing (Ray Data starts its pool inside the run: it is timed from its first
+result, over the batches after it). `--clip-size vit-b32` builds real ViT-B/32 dimensions with random weights.
 """
 
 from __future__ import annotations
@@ -75,6 +78,42 @@ def sample_rows(n: int, folder: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def ray_data_run(batches, model_dir: Path, enc_cfg, storage_cfg, roots: list[str]) -> tuple[int, int, float]:
+    """The batches through Ray Data -> (entities after the first result, entities in all, seconds after it)."""
+    import ray
+
+    from workers.encoder import EntityEncoder
+    from workers.ray_pool import prepare_batch_task
+
+    class Encode:  # the actor body, as EncoderWorker
+        def __init__(self):
+            self.encoder = EntityEncoder(model_dir, enc_cfg)
+
+        def __call__(self, item: dict) -> dict:
+            return {"key": item["key"], "encoded": self.encoder.encode_prepared(item["prep"])}
+
+    def prepare(item: dict) -> dict:
+        return {
+            "key": item["key"],
+            "prep": prepare_batch_task(item["rows"], str(model_dir), enc_cfg, storage_cfg, roots),
+        }
+
+    items = [{"key": i, "rows": b} for i, b in enumerate(batches)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map(prepare, num_cpus=1)
+    ds = ds.map(
+        Encode,
+        compute=ray.data.ActorPoolStrategy(size=enc_cfg.num_actors),
+        num_cpus=enc_cfg.num_cpus_per_actor,
+        num_gpus=enc_cfg.num_gpus_per_actor,
+    )
+    done, first, start = 0, 0, None
+    for out in ds.iter_rows():
+        done += len(out["encoded"].ids)
+        if start is None:
+            first, start = done, time.perf_counter()
+    return done - first, done, time.perf_counter() - start
 
 
 def row(label: str, n: int, images: int, seconds: float, base: float | None) -> str:
@@ -166,8 +205,10 @@ def main(argv=None) -> int:
     ray_s = time.perf_counter() - start
     device = pool.device
     pool.close()
+    data_n, data_done, data_s = ray_data_run(batches, tmp / "model", enc_cfg, storage_cfg, roots)
     ray.shutdown()
     assert done == len(rows), f"pipeline returned {done} of {len(rows)} entities"
+    assert data_done == len(rows), f"ray data returned {data_done} of {len(rows)} entities"
 
     print(
         f"\nentity encoding: {args.clip_size}, {len(rows)} entities ({n_images} images), batch {args.batch_size}, "
@@ -179,7 +220,11 @@ def main(argv=None) -> int:
     base = len(rows) / bare_s
     print(row("bare loop", len(rows), n_images, bare_s, None))
     print(row("ray pipeline", len(rows), n_images, ray_s, base))
+    print(row("ray data", data_n, round(n_images * data_n / len(rows)), data_s, base))
     print(row("model only", model_n, model_img, model_s, base))
+    print(
+        f"ray data / ray pipeline: {data_n / data_s / (len(rows) / ray_s):.3f} (issue 20: Ray Data if >= 0.95)"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
