@@ -8,7 +8,12 @@ Rows, all measured in this one run on the same batches of synthetic sample-KB en
 - `ray pipeline`: workers.ray_pool.EncodingPool, the path `mel index` takes (prepare tasks overlap the model);
 - `model only`: EntityEncoder on already-prepared batches (the ceiling the pipeline can reach).
 `ratio` = entities/s / bare-loop entities/s (goal >= 0.9 for the pipeline). Actor start-up and a warm-up
-batch are excluded from every timing. `--clip-size vit-b32` builds real ViT-B/32 dimensions with random weights.
+batch are excluded from these timings. Issue 20 then compares, each from nothing (actor start-up included,
+since Ray Data starts its pool inside the run):
+- `pool`: EncodingPool built and run over every batch;
+- `ray data`: the same two stages as Ray Data operators (`map` of 1-CPU prepare tasks -> `map` on an
+  ActorPoolStrategy of EntityEncoders), results streamed back to the driver as the pool's are;
+- `ray data fuse`: the same, letting Ray Data fuse prepare into the actor (its default when the args match). `--clip-size vit-b32` builds real ViT-B/32 dimensions with random weights.
 """
 
 from __future__ import annotations
@@ -75,6 +80,56 @@ def sample_rows(n: int, folder: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def pool_cold_run(batches, model_dir: Path, enc_cfg, storage_cfg, roots: list[str]) -> tuple[int, float]:
+    """EncodingPool from nothing: actor start-up + every batch -> (entities, seconds)."""
+    from workers.ray_pool import EncodingPool
+
+    start = time.perf_counter()
+    pool = EncodingPool(model_dir, enc_cfg, storage_cfg, roots)
+    done = sum(len(r.encoded.ids) for r in pool.run(((("b", i), b) for i, b in enumerate(batches))))
+    seconds = time.perf_counter() - start
+    pool.close()
+    return done, seconds
+
+
+def ray_data_run(
+    batches, model_dir: Path, enc_cfg, storage_cfg, roots: list[str], fuse: bool
+) -> tuple[int, float]:
+    """The same batches through Ray Data from nothing (planning, actor start-up, every batch) -> (entities, s).
+
+    Ray Data fuses a task map into the actor map after it when their remote args match, so the actor would
+    prepare its own batches (no overlap); `fuse=False` keeps prepare as separate 1-CPU tasks, as the pool does
+    (a `ray_remote_args_fn` is what stops the fusion; Ray deprecates it for 2.64)."""
+    import ray
+
+    from workers.encoder import EntityEncoder
+    from workers.ray_pool import prepare_batch_task
+
+    class Encode:  # the actor body, as EncoderWorker
+        def __init__(self):
+            self.encoder = EntityEncoder(model_dir, enc_cfg)
+
+        def __call__(self, item: dict) -> dict:
+            return {"key": item["key"], "encoded": self.encoder.encode_prepared(item["prep"])}
+
+    def prepare(item: dict) -> dict:
+        prep = prepare_batch_task(item["rows"], str(model_dir), enc_cfg, storage_cfg, roots)
+        return {"key": item["key"], "prep": prep}
+
+    start = time.perf_counter()
+    items = [{"key": i, "rows": b} for i, b in enumerate(batches)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(prepare, num_cpus=1) if fuse else ds.map(prepare, ray_remote_args_fn=lambda: {"num_cpus": 1})
+    ds = ds.map(
+        Encode,
+        compute=ray.data.ActorPoolStrategy(size=enc_cfg.num_actors),
+        num_cpus=enc_cfg.num_cpus_per_actor,
+        num_gpus=enc_cfg.num_gpus_per_actor,
+    )
+    done = sum(len(out["encoded"].ids) for out in ds.iter_rows())  # back in the driver, as the pool's
+    return done, time.perf_counter() - start
 
 
 def row(label: str, n: int, images: int, seconds: float, base: float | None) -> str:
@@ -166,8 +221,12 @@ def main(argv=None) -> int:
     ray_s = time.perf_counter() - start
     device = pool.device
     pool.close()
+    cold = {"pool": pool_cold_run(batches, tmp / "model", enc_cfg, storage_cfg, roots)}
+    for fuse, label in ((False, "ray data"), (True, "ray data fuse")):
+        cold[label] = ray_data_run(batches, tmp / "model", enc_cfg, storage_cfg, roots, fuse)
     ray.shutdown()
     assert done == len(rows), f"pipeline returned {done} of {len(rows)} entities"
+    assert all(n == len(rows) for n, _ in cold.values()), f"returned {cold} of {len(rows)} entities"
 
     print(
         f"\nentity encoding: {args.clip_size}, {len(rows)} entities ({n_images} images), batch {args.batch_size}, "
@@ -180,6 +239,11 @@ def main(argv=None) -> int:
     print(row("bare loop", len(rows), n_images, bare_s, None))
     print(row("ray pipeline", len(rows), n_images, ray_s, base))
     print(row("model only", model_n, model_img, model_s, base))
+    print("\nfrom nothing (actor start-up included; issue 20: Ray Data if within 5% of the pool):")
+    for label, (n, seconds) in cold.items():
+        print(row(label, n, n_images, seconds, base))
+    best = max(n / seconds for label, (n, seconds) in cold.items() if label != "pool")
+    print(f"best ray data / pool: {best / (cold['pool'][0] / cold['pool'][1]):.3f}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -89,6 +89,10 @@ def test_link_batch_equals_linker_and_rejects_bad_rows(linked_kb, tmp_path):
         assert got["entity_ids"] == [c["entity_id"] for c in answer["candidates"]]
         assert got["scores"] == pytest.approx([c["score"] for c in answer["candidates"]], abs=1e-4)
         assert got["nil"] == answer["nil"]
+        top = answer["candidates"][0]["confidence"] if answer["candidates"] else None
+        assert got["confidence"] == pytest.approx(top, abs=1e-4)
+    assert report.stages.batches >= -(-len(rows) // cfg.batch.batch_size)  # every row's batch was timed
+    assert report.stages.encode_s > 0 and report.stages.search_s > 0 and report.stages.rerank_s > 0
 
 
 def _done_parts(out: Path) -> list[Path]:
