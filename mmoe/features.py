@@ -63,7 +63,8 @@ class CLIPFeatures(nn.Module):
             self.image_tokens_proj(out.vision_model_output.last_hidden_state)
         )  # [n,V,d]
         if image_row is not None:  # back to one row per record
-            image_cls, image_tokens = image_cls[image_row], image_tokens[image_row]  # [B,d], [B,V,d]
+            image_cls = image_cls.index_select(0, image_row)  # [B,d]
+            image_tokens = image_tokens.index_select(0, image_row)  # [B,V,d]
         return BackboneFeatures(
             text_cls=self.text_cls_norm(out.text_embeds),  # [B,P]
             text_tokens=self.text_tokens_norm(out.text_model_output.last_hidden_state),  # [B,L,Ht]

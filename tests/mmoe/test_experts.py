@@ -112,3 +112,15 @@ def test_token_gate_has_no_positional_defect():
     out = make_moe(top_k=2)(torch.randn(3, 17, 8))
     assert (out.hidden_states[:, 4:].abs().sum(-1) > 0).all()
     assert (out.gate_weights[..., 2:] > 0).any()
+
+
+@pytest.mark.parametrize("gate", ["token", "reference"])
+def test_inference_runs_experts_on_routed_tokens_only_with_the_dense_sum(gate):
+    moe = make_moe(top_k=2, gate=gate)
+    x, mask = torch.randn(5, 9, 8), torch.ones(5, 9, dtype=torch.bool)
+    with torch.no_grad():
+        dense = moe(x, mask=mask)  # training mode: every expert on every token (capacity off)
+        moe.eval()
+        routed = moe(x, mask=mask)
+    torch.testing.assert_close(routed.hidden_states, dense.hidden_states, atol=1e-6, rtol=1e-6)
+    assert torch.equal(routed.gate_weights, dense.gate_weights)
