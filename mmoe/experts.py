@@ -107,6 +107,17 @@ def load_balancing_loss(weights: Tensor, probs: Tensor, mask: Tensor | None) -> 
     return n_experts * (f * p).sum()
 
 
+def same_as_for_missing_images(x: Tensor, no_image: Tensor | None, from_row: int) -> Tensor | None:
+    """`SwitchMoE`'s `same_as` for x [B,S,.] whose rows `from_row`.. encode the zero image in the records with
+    `no_image` [B] bool: those rows point at the first such record's (None when fewer than two records)."""
+    if no_image is None or int(no_image.sum()) < 2:
+        return None
+    same_as = torch.arange(x.shape[0] * x.shape[1], device=x.device).view(x.shape[0], x.shape[1])
+    first = no_image.nonzero()[0, 0]
+    same_as[no_image, from_row:] = same_as[first, from_row:].clone()
+    return same_as.reshape(-1)  # [B*S]
+
+
 class SwitchMoE(nn.Module):
     """Switch MoE: ``MoE(x, gate_input)``; the gate may read another tensor (cross-modal gating, unit 3).
 
@@ -141,7 +152,14 @@ class SwitchMoE(nn.Module):
         keep = routed & (position <= capacity)
         return (flat * keep).reshape(weights.shape)
 
-    def forward(self, x: Tensor, gate_input: Tensor | None = None, mask: Tensor | None = None) -> MoEOutput:
+    def forward(
+        self,
+        x: Tensor,
+        gate_input: Tensor | None = None,
+        mask: Tensor | None = None,
+        same_as: Tensor | None = None,
+    ) -> MoEOutput:
+        """`same_as` [B*S] (inference only): for each token, a token whose x equals it (itself if none)."""
         gate_input = x if gate_input is None else gate_input
         if self.reference:
             mask = None  # the official gate ignores padding
@@ -150,21 +168,26 @@ class SwitchMoE(nn.Module):
         if self.training and self.capacity_factor is not None and not self.reference:
             weights = self.drop_over_capacity(weights, mask)
         if not self.training:
-            return MoEOutput(self.routed(x, weights), aux_loss, weights)
+            return MoEOutput(self.routed(x, weights, same_as), aux_loss, weights)
         out = 0
         for e, expert in enumerate(self.experts):
             out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
         return MoEOutput(hidden_states=out, aux_loss=aux_loss, gate_weights=weights)
 
-    def routed(self, x: Tensor, weights: Tensor) -> Tensor:
-        """sum_e weights[..., e] * expert_e(x), each expert run only on the tokens with a non-zero weight."""
+    def routed(self, x: Tensor, weights: Tensor, same_as: Tensor | None = None) -> Tensor:
+        """sum_e weights[..., e] * expert_e(x), each expert run only on the tokens with a non-zero weight, and
+        once per group of tokens with equal x (`same_as`; e.g. the image tokens of records without an image)."""
         flat_x = x.reshape(-1, x.shape[-1])  # [T,in]
         flat_w = weights.reshape(-1, weights.shape[-1]).to(x.dtype)  # [T,E]
         out = None
         for e, expert in enumerate(self.experts):  # in expert order, as the dense sum
             rows = flat_w[:, e].nonzero().squeeze(1)  # [T_e]
             w = flat_w[:, e].index_select(0, rows).unsqueeze(1)  # [T_e,1]
-            y = w * expert(flat_x.index_select(0, rows))  # [T_e,out]
+            if same_as is None:
+                y = w * expert(flat_x.index_select(0, rows))  # [T_e,out]
+            else:
+                distinct, inverse = torch.unique(same_as.index_select(0, rows), return_inverse=True)
+                y = w * expert(flat_x.index_select(0, distinct)).index_select(0, inverse)  # [T_e,out]
             out = y.new_zeros(flat_x.shape[0], y.shape[-1]) if out is None else out
             out.index_add_(0, rows, y.to(out.dtype))
         return out.reshape(*x.shape[:-1], -1)  # [B,S,out]

@@ -149,12 +149,14 @@ class MMoEModel(nn.Module):
             f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device
         )
         text = self.text_unit.encode(f.text_cls, f.text_tokens, self._text_mask(f))
-        return text, self.image_unit.encode(f.image_cls, f.image_tokens, image_mask_tokens)
+        return text, self.image_unit.encode(f.image_cls, f.image_tokens, image_mask_tokens, ~f.has_image)
 
     def cross_features(self, f: BackboneFeatures, side: Side) -> CrossSide:
         """Unit 3 (cross-modal): two of the four parts of the retrieval vector."""
         text_mask = self._text_mask(f)
-        return self.cross_unit.encode(f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens, side)
+        return self.cross_unit.encode(
+            f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens, side, ~f.has_image
+        )
 
     def retrieval_vectors(self, f: SideFeatures) -> Tensor:
         """u = concat(text_cls, image_cls, cross_ti, cross_it) [B, P+3d]; score = <u_m,u_e>/6 + g2l terms/6."""

@@ -191,3 +191,20 @@ def test_retrieval_vectors_and_cache_computed_apart_match_full_encoding(tiny_mod
     assert torch.equal(vectors, model.retrieval_vectors(full))
     expected = model.entity_cache(full)
     assert set(cache) == set(expected) and all(torch.equal(cache[k], expected[k]) for k in cache)
+
+
+def test_inference_shortcuts_for_records_without_image_keep_the_features(tiny_model, batches):
+    """Eval mode shares the zero image's vision pass and expert passes and runs experts on routed tokens only;
+    train mode (dropout 0, no capacity) encodes every record densely: the same features."""
+    model, _ = tiny_model
+    _, entities = batches
+    no_images = dict(entities, image_mask=torch.tensor([False, True, False, False, True, False]))
+    with torch.no_grad():
+        model.eval()
+        shared = model.encode(no_images, "entity")
+        model.train()
+        plain = model.encode(no_images, "entity")
+        model.eval()
+    torch.testing.assert_close(model.retrieval_vectors(shared), model.retrieval_vectors(plain))
+    for key, value in model.entity_cache(shared).items():
+        torch.testing.assert_close(value, model.entity_cache(plain)[key], msg=key)
