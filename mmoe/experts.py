@@ -107,11 +107,24 @@ def load_balancing_loss(weights: Tensor, probs: Tensor, mask: Tensor | None) -> 
     return n_experts * (f * p).sum()
 
 
+def same_as_for_missing_images(x: Tensor, no_image: Tensor | None, from_row: int) -> Tensor | None:
+    """`SwitchMoE`'s `same_as` for x [B,S,.] whose rows `from_row`.. encode the zero image in the records with
+    `no_image` [B] bool: those rows point at the first such record's (None when fewer than two records)."""
+    if no_image is None or int(no_image.sum()) < 2:
+        return None
+    same_as = torch.arange(x.shape[0] * x.shape[1], device=x.device).view(x.shape[0], x.shape[1])
+    first = no_image.nonzero()[0, 0]
+    same_as[no_image, from_row:] = same_as[first, from_row:].clone()
+    return same_as.reshape(-1)  # [B*S]
+
+
 class SwitchMoE(nn.Module):
     """Switch MoE: ``MoE(x, gate_input)``; the gate may read another tensor (cross-modal gating, unit 3).
 
-    Experts are applied densely (every expert on every token, combined with zero weights where not routed):
-    with 4 experts and top-3 routing this costs at most 4/3 of routed compute and needs no gather/scatter.
+    In training the experts are applied densely (every expert on every token, combined with zero weights where
+    not routed): with 4 experts and top-3 routing this costs at most 4/3 of routed compute and needs no
+    gather/scatter. At inference each expert runs on its routed tokens only (`routed`): the same sum, less the
+    terms of weight 0, about 40% less CPU time at top-3 of 4 (entity encoding for evaluation and the index).
     """
 
     def __init__(self, dim: int, out_dim: int, config: MMoEConfig):
@@ -125,9 +138,6 @@ class SwitchMoE(nn.Module):
         self.top_k = config.top_k
         self.experts = nn.ModuleList([Expert(dim, out_dim, config) for _ in range(config.num_experts)])
         self.gate = ReferenceGate(dim, config) if self.reference else TokenGate(dim, config)
-        self._stacked: tuple[tuple, tuple[Tensor, ...]] | None = (
-            None  # inference weights, see `stacked_experts`
-        )
 
     def drop_over_capacity(self, weights: Tensor, mask: Tensor | None) -> Tensor:
         """Training only: an expert keeps its first ``capacity`` tokens (in order); later ones get weight 0."""
@@ -142,7 +152,14 @@ class SwitchMoE(nn.Module):
         keep = routed & (position <= capacity)
         return (flat * keep).reshape(weights.shape)
 
-    def forward(self, x: Tensor, gate_input: Tensor | None = None, mask: Tensor | None = None) -> MoEOutput:
+    def forward(
+        self,
+        x: Tensor,
+        gate_input: Tensor | None = None,
+        mask: Tensor | None = None,
+        same_as: Tensor | None = None,
+    ) -> MoEOutput:
+        """`same_as` [B*S] (inference only): for each token, a token whose x equals it (itself if none)."""
         gate_input = x if gate_input is None else gate_input
         if self.reference:
             mask = None  # the official gate ignores padding
@@ -153,31 +170,27 @@ class SwitchMoE(nn.Module):
             aux_loss = weights.new_zeros(())
         if self.training and self.capacity_factor is not None and not self.reference:
             weights = self.drop_over_capacity(weights, mask)
-        if self.training or torch.is_grad_enabled():
-            out = 0
-            for e, expert in enumerate(self.experts):
-                out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
-        else:
-            out = self.stacked_experts(x, weights)
+        if not self.training:
+            return MoEOutput(self.routed(x, weights, same_as), aux_loss, weights)
+        out = 0
+        for e, expert in enumerate(self.experts):
+            out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
         return MoEOutput(hidden_states=out, aux_loss=aux_loss, gate_weights=weights)
 
-    def stacked_experts(self, x: Tensor, weights: Tensor) -> Tensor:
-        """Inference: the same dense experts as two batched matmuls instead of 2E small Linear calls (the tiny
-        model's encode was dominated by per-call overhead). Same sums in another order: ~1e-7 apart."""
-        params = [
-            p for e in self.experts for p in (e.fc_in.weight, e.fc_in.bias, e.fc_out.weight, e.fc_out.bias)
-        ]
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)  # restacked after a load or a move
-        if self._stacked is None or self._stacked[0] != key:
-            w_in, b_in, w_out, b_out = (torch.stack(params[i::4]) for i in range(4))  # [E,H,dim] [E,H] ...
-            self._stacked = (
-                key,
-                (w_in.transpose(1, 2), b_in.unsqueeze(1), w_out.transpose(1, 2), b_out.unsqueeze(1)),
-            )
-        w_in, b_in, w_out, b_out = self._stacked[1]
-        n_experts = w_in.shape[0]
-        flat = x.reshape(1, -1, x.shape[-1]).expand(n_experts, -1, -1)  # [E,N,dim]
-        hidden = self.experts[0].act(torch.baddbmm(b_in.to(x.dtype), flat, w_in.to(x.dtype)))  # [E,N,H]
-        y = torch.baddbmm(b_out.to(x.dtype), hidden, w_out.to(x.dtype))  # [E,N,out]
-        gate = weights.reshape(-1, n_experts).T.unsqueeze(-1).to(x.dtype)  # [E,N,1]
-        return (gate * y).sum(0).reshape(*x.shape[:-1], y.shape[-1])  # [B,S,out]
+    def routed(self, x: Tensor, weights: Tensor, same_as: Tensor | None = None) -> Tensor:
+        """sum_e weights[..., e] * expert_e(x), each expert run only on the tokens with a non-zero weight, and
+        once per group of tokens with equal x (`same_as`; e.g. the image tokens of records without an image)."""
+        flat_x = x.reshape(-1, x.shape[-1])  # [T,in]
+        flat_w = weights.reshape(-1, weights.shape[-1]).to(x.dtype)  # [T,E]
+        out = None
+        for e, expert in enumerate(self.experts):  # in expert order, as the dense sum
+            rows = flat_w[:, e].nonzero().squeeze(1)  # [T_e]
+            w = flat_w[:, e].index_select(0, rows).unsqueeze(1)  # [T_e,1]
+            if same_as is None:
+                y = w * expert(flat_x.index_select(0, rows))  # [T_e,out]
+            else:
+                distinct, inverse = torch.unique(same_as.index_select(0, rows), return_inverse=True)
+                y = w * expert(flat_x.index_select(0, distinct)).index_select(0, inverse)  # [T_e,out]
+            out = y.new_zeros(flat_x.shape[0], y.shape[-1]) if out is None else out
+            out.index_add_(0, rows, y.to(out.dtype))
+        return out.reshape(*x.shape[:-1], -1)  # [B,S,out]

@@ -55,17 +55,40 @@ class CLIPFeatures(nn.Module):
         self.image_tokens_norm = nn.LayerNorm(config.dim)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor, image_mask: Tensor):
-        out = self.clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
-        image_cls = self.image_cls_proj(out.image_embeds)  # [B,d]
-        image_tokens = self.image_tokens_proj(out.vision_model_output.last_hidden_state)  # [B,V,d]
+        """Pixels of records without an image are zero (``zero_missing_pixels``, applied by the caller)."""
+        pixels, image_row = self.distinct_images(pixel_values, image_mask)
+        out = self.clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels)
+        image_cls = self.image_cls_norm(self.image_cls_proj(out.image_embeds))  # [n,d]
+        image_tokens = self.image_tokens_norm(
+            self.image_tokens_proj(out.vision_model_output.last_hidden_state)
+        )  # [n,V,d]
+        if image_row is not None:  # back to one row per record
+            image_cls = image_cls.index_select(0, image_row)  # [B,d]
+            image_tokens = image_tokens.index_select(0, image_row)  # [B,V,d]
         return BackboneFeatures(
             text_cls=self.text_cls_norm(out.text_embeds),  # [B,P]
             text_tokens=self.text_tokens_norm(out.text_model_output.last_hidden_state),  # [B,L,Ht]
             text_mask=attention_mask.bool(),  # [B,L]
-            image_cls=self.image_cls_norm(image_cls),  # [B,d]
-            image_tokens=self.image_tokens_norm(image_tokens),  # [B,V,d]
+            image_cls=image_cls,  # [B,d]
+            image_tokens=image_tokens,  # [B,V,d]
             has_image=image_mask.bool(),  # [B]
         )
+
+    def distinct_images(self, pixel_values: Tensor, image_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """At inference, the records without an image share one vision pass on the zero image.
+
+        The vision side of a record reads its pixels only, so each of them gets exactly that pass's features;
+        in a names-only KB this skips the vision tower for all but one record per batch. Returns the pixels
+        to encode [n,C,H,W] and each record's row among them [B] (None: every record is encoded).
+        Training encodes every record (its graph stays the plain batch one).
+        """
+        missing = ~image_mask.bool()  # [B]
+        if self.training or int(missing.sum()) < 2:
+            return pixel_values, None
+        keep = ~missing | (missing.cumsum(0) == 1)  # the images and the first zero image, in order
+        row = keep.long().cumsum(0) - 1  # [B] position among the kept rows
+        first_missing = row[missing.nonzero()[0, 0]]
+        return pixel_values[keep], torch.where(missing, first_missing, row)
 
 
 def tiny_clip_config(tiny: TinyCLIPConfig, text_max_tokens: int, vocab_size: int) -> CLIPConfig:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe.config import MMoEConfig
-from mmoe.experts import SwitchMoE
+from mmoe.experts import SwitchMoE, same_as_for_missing_images
 
 Side = Literal["mention", "entity"]
 SIDES = ("mention", "entity")
@@ -80,7 +80,9 @@ class CrossUnit(nn.Module):
         image_cls: Tensor,
         image_tokens: Tensor,
         side: Side,
+        no_image: Tensor | None = None,
     ) -> CrossSide:
+        """`no_image` [B] bool: records encoded from the zero image (equal image tokens; inference shares them)."""
         if text_tokens.shape[1] != image_tokens.shape[1]:
             raise ValueError(
                 f"text length {text_tokens.shape[1]} != vision tokens {image_tokens.shape[1]}: the cross-modal "
@@ -94,7 +96,9 @@ class CrossUnit(nn.Module):
         all_valid = torch.ones_like(text_mask, dtype=torch.bool)  # image tokens are never padding
         a_mask = torch.cat([ones, all_valid], dim=1)  # [B,1+V]
         b_mask = torch.cat([ones, text_mask.bool()], dim=1)  # [B,1+L]
-        moe_a = self.moe(a, gate_input=b, mask=a_mask)
+        # At inference the image tokens of records without an image (all the zero image's) share expert passes
+        same_as = None if self.training else same_as_for_missing_images(a, no_image, from_row=1)
+        moe_a = self.moe(a, gate_input=b, mask=a_mask, same_as=same_as)
         moe_b = self.moe(b, gate_input=a, mask=b_mask)
         ha, hb = moe_a.hidden_states, moe_b.hidden_states  # [B,1+V,d], [B,1+L,d]
         on_cls = self.gate_reads_cls(side)

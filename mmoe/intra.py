@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mmoe.config import MMoEConfig
-from mmoe.experts import SwitchMoE
+from mmoe.experts import SwitchMoE, same_as_for_missing_images
 
 
 @dataclass
@@ -48,11 +48,15 @@ class IntraUnit(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.scale = 1.0 / math.sqrt(d)
 
-    def encode(self, cls: Tensor, tokens: Tensor, mask: Tensor) -> IntraSide:
-        """One side (mentions or entities; the MoE is the same for both). cls [B,H], tokens [B,L,H]."""
+    def encode(self, cls: Tensor, tokens: Tensor, mask: Tensor, no_image: Tensor | None = None) -> IntraSide:
+        """One side (mentions or entities; the MoE is the same for both). cls [B,H], tokens [B,L,H].
+
+        `no_image` [B] bool (vision unit): records encoded from the zero image, whose whole input is equal;
+        at inference their expert passes are shared."""
         x = torch.cat([cls.unsqueeze(1), tokens], dim=1)  # [B,1+L,H]
         x_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)  # [B,1+L]
-        moe = self.moe(x, mask=x_mask)
+        same_as = None if self.training else same_as_for_missing_images(x, no_image, from_row=0)
+        moe = self.moe(x, mask=x_mask, same_as=same_as)
         h = moe.hidden_states  # [B,1+L,d]
         return IntraSide(h[:, 0], h[:, 1:], mask, moe.aux_loss, moe.gate_weights)
 

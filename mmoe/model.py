@@ -127,15 +127,8 @@ class MMoEModel(nn.Module):
         Apart from `backbone` so that the reference protocol computes CLIP features once per record and
         re-runs only the batch-dependent MoE per tile.
         """
-        text_mask = torch.ones_like(f.text_mask) if self.reference_gate else f.text_mask  # [B,L]
-        image_mask_tokens = torch.ones(
-            f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device
-        )
-        text = self.text_unit.encode(f.text_cls, f.text_tokens, text_mask)
-        image = self.image_unit.encode(f.image_cls, f.image_tokens, image_mask_tokens)
-        cross = self.cross_unit.encode(
-            f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens, side
-        )
+        text, image = self.intra_features(f)
+        cross = self.cross_features(f, side)
         gates = None
         if return_gates:
             gates = {
@@ -147,19 +140,52 @@ class MMoEModel(nn.Module):
         aux = (text.aux_loss + image.aux_loss + cross.aux_loss) / 3
         return SideFeatures(f.text_cls, f.image_cls, text, image, cross, f.has_image, aux, gates)
 
+    def _text_mask(self, f: BackboneFeatures) -> Tensor:
+        return torch.ones_like(f.text_mask) if self.reference_gate else f.text_mask  # [B,L]
+
+    def intra_features(self, f: BackboneFeatures) -> tuple[IntraSide, IntraSide]:
+        """Units 1 and 2 (text, vision): they feed only the g2l terms, i.e. the rerank, not the retrieval."""
+        image_mask_tokens = torch.ones(
+            f.image_tokens.shape[:2], dtype=torch.bool, device=f.image_tokens.device
+        )
+        text = self.text_unit.encode(f.text_cls, f.text_tokens, self._text_mask(f))
+        return text, self.image_unit.encode(f.image_cls, f.image_tokens, image_mask_tokens, ~f.has_image)
+
+    def cross_features(self, f: BackboneFeatures, side: Side) -> CrossSide:
+        """Unit 3 (cross-modal): two of the four parts of the retrieval vector."""
+        text_mask = self._text_mask(f)
+        return self.cross_unit.encode(
+            f.text_cls, f.text_tokens, text_mask, f.image_cls, f.image_tokens, side, ~f.has_image
+        )
+
     def retrieval_vectors(self, f: SideFeatures) -> Tensor:
         """u = concat(text_cls, image_cls, cross_ti, cross_it) [B, P+3d]; score = <u_m,u_e>/6 + g2l terms/6."""
         return torch.cat([f.text_cls, f.image_cls, f.cross.text_image, f.cross.image_text], dim=-1)
 
+    def entity_retrieval_vectors(self, f: BackboneFeatures) -> Tensor:
+        """u_e [B,D] of entities without units 1 and 2, which feed only the rerank cache (`entity_cache_of`):
+        retrieval needs every entity's u_e, the exact rerank only the retrieved entities' caches."""
+        self._require_token_gate("entity_retrieval_vectors")
+        cross = self.cross_features(f, "entity")
+        return torch.cat([f.text_cls, f.image_cls, cross.text_image, cross.image_text], dim=-1)
+
+    def entity_cache_of(self, f: BackboneFeatures) -> dict[str, Tensor]:
+        """`entity_cache` from backbone features, running units 1 and 2 only (no cross unit)."""
+        self._require_token_gate("entity_cache_of")
+        return self._cache(*self.intra_features(f))
+
     def entity_cache(self, f: SideFeatures) -> dict[str, Tensor]:
         """Per-entity rerank features (row-aligned, safetensors-storable): the inputs of the two g2l terms."""
         self._require_token_gate("entity_cache")
+        return self._cache(f.text, f.image)
+
+    def _cache(self, text: IntraSide, image: IntraSide) -> dict[str, Tensor]:
         return {
-            "text_cls_moe": f.text.cls_moe,  # [N,d]
-            "text_query": self.text_unit.entity_queries(f.text),  # [N,L,d]
-            "text_mask": f.text.mask,  # [N,L] bool
-            "image_cls_moe": f.image.cls_moe,  # [N,d]
-            "image_query": self.image_unit.entity_queries(f.image),  # [N,V,d]
+            "text_cls_moe": text.cls_moe,  # [N,d]
+            "text_query": self.text_unit.entity_queries(text),  # [N,L,d]
+            "text_mask": text.mask,  # [N,L] bool
+            "image_cls_moe": image.cls_moe,  # [N,d]
+            "image_query": self.image_unit.entity_queries(image),  # [N,V,d]
         }
 
     # -- scoring ---------------------------------------------------------------------------------------------

@@ -3,16 +3,28 @@
 `system` (default): exact inner-product top-K over the current model's entity vectors, then the exact MMoE
 rerank of those K (`candidate_ranks`); gold entities outside the K are misses, reported as `recall@K`.
 `exhaustive`: the paper's protocol (every mention against every entity), as `mel bench-paper` uses.
-Each rank encodes a slice of the entities and a slice of the dev mentions; slices are all-gathered over the
-training process group, so no worker idles and nothing is encoded twice.
+Each rank encodes a slice of the entities and a slice of the dev mentions, so no worker idles and nothing is
+encoded twice. `system` (`system_ranks`) shares only what retrieval needs: every entity's vector u_e (one tensor
+all-gather), computed without the text and vision units, which feed only the rerank; those run afterwards for
+the entities some mention retrieved, and each rank receives just the rerank caches its mentions need.
+`exhaustive` all-gathers every entity's features.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from cluster.evaluate.features import EntityFeatures, bare, encode_entities
-from cluster.evaluate.protocols import candidate_ranks, exhaustive_ranks
+from cluster.evaluate.features import (
+    EntityFeatures,
+    bare,
+    encode_entities,
+    encode_entity_vectors,
+    encode_mention_batches,
+    entity_caches,
+)
+from cluster.evaluate.protocols import exhaustive_ranks, rerank_candidates
 from cluster.inputs import BatchBuilder
 from mmoe.metrics import hits_and_mrr
 
@@ -37,6 +49,134 @@ def gather(obj, world: int) -> list:
     out = [None] * world
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def slice_bounds(n: int, world: int) -> list[int]:
+    """Start of every rank's `my_slice` of n items, plus n: rank r holds [bounds[r], bounds[r+1])."""
+    per, extra = divmod(n, world)
+    return [r * per + min(r, extra) for r in range(world)] + [n]
+
+
+def gather_rows(mine: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """Every rank's `my_slice` rows of a tensor, concatenated in rank order (a tensor all-gather, not pickled)."""
+    world = len(bounds) - 1
+    if world == 1 or not _dist():
+        return mine
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    padded = torch.zeros(longest, *mine.shape[1:], dtype=mine.dtype)
+    padded[: len(mine)] = mine
+    out = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(out, padded)
+    return torch.cat([part[: b - a] for part, a, b in zip(out, bounds, bounds[1:])])
+
+
+class Laps:
+    """Wall seconds per phase, added into `into` (a phase may recur)."""
+
+    def __init__(self, into: dict | None = None):
+        self.into = {} if into is None else into
+        self.clock = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.clock
+        self.clock = now
+
+
+def shared_vectors(
+    model,
+    builder: BatchBuilder,
+    entity_rows: list[dict],
+    batch_size: int,
+    rank: int,
+    world: int,
+    label: str = "",
+    laps: Laps | None = None,
+    keep_backbones: bool = True,
+) -> tuple[EntityFeatures, list]:
+    """Every entity's retrieval vector (no rerank cache), each rank encoding its slice; also (`keep_backbones`)
+    this rank's backbone features, for `shared_caches`."""
+    laps = laps or Laps()
+    if label and world > 1:
+        label += f" (rank 0 of {world}, its slice)"
+    mine = my_slice(entity_rows, rank, world)
+    vectors, has_image, backbones = encode_entity_vectors(
+        model, builder, mine, batch_size, label if rank == 0 else "", keep_backbones
+    )
+    laps("entity vectors")
+    bounds = slice_bounds(len(entity_rows), world)
+    vectors = gather_rows(vectors, bounds)  # [N,D]
+    has_image = gather_rows(has_image.to(torch.uint8), bounds).bool()  # [N]
+    laps("vector all-gather")
+    return EntityFeatures([r["entity_id"] for r in entity_rows], vectors, {}, has_image), backbones
+
+
+def shared_caches(
+    model,
+    backbones: list,
+    needed: torch.Tensor,
+    n: int,
+    batch_size: int,
+    rank: int,
+    world: int,
+    laps: Laps | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The rerank caches of entities `needed` [C] (this rank's candidates, sorted) out of n, and each entity's
+    row in them ([n], -1 where absent). Each rank computes the caches of its slice that any rank needs, once,
+    and sends each other rank only the rows that rank asked for."""
+    laps = laps or Laps()
+    bounds = slice_bounds(n, world)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    asked = gather(needed, world)  # [world] sorted index tensors
+    wanted = torch.unique(torch.cat(asked))
+    wanted = wanted[(wanted >= lo) & (wanted < hi)]  # sorted, in this rank's slice
+    computed = entity_caches(model, backbones, wanted - lo, batch_size)
+    at = torch.full((n,), -1, dtype=torch.long)
+    at[wanted] = torch.arange(len(wanted))
+    laps("rerank caches of retrieved entities")
+
+    def rows_for(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index = index[(index >= lo) & (index < hi)]
+        return index, {k: v[at[index]] for k, v in computed.items()}
+
+    parcels = gather({q: rows_for(asked[q]) for q in range(world) if q != rank}, world)
+    parts = [rows_for(needed)] + [parcels[p][rank] for p in range(world) if p != rank]
+    parts = [(index, cache) for index, cache in parts if len(index)]
+    row = torch.full((n,), -1, dtype=torch.long)
+    if not parts:
+        return {}, row
+    index = torch.cat([i for i, _ in parts])
+    row[index] = torch.arange(len(index))
+    laps("rerank cache exchange")
+    return {k: torch.cat([c[k] for _, c in parts]) for k in parts[0][1]}, row
+
+
+def system_ranks(
+    model, builder, dev_rows, entity_rows, batch_size: int, top_k: int, rank: int, world: int, laps=None
+) -> torch.Tensor:
+    """This rank's share of the system protocol: ranks of its `my_slice(dev_rows)` (K+1 = not retrieved)."""
+    laps = laps or Laps()
+    label = "[dev] entity vectors"
+    entities, backbones = shared_vectors(model, builder, entity_rows, batch_size, rank, world, label, laps)
+    rows = my_slice(dev_rows, rank, world)
+    label = "[dev] mention encoding" + (f" (rank 0 of {world})" if world > 1 else "")
+    k = min(top_k, len(entity_rows))
+    batches = [
+        (start, feats, (vectors @ entities.vectors.T).topk(k, dim=1).indices)  # [B,K]
+        for start, feats, vectors in encode_mention_batches(
+            model, builder, rows, batch_size, True, label if rank == 0 else ""
+        )
+    ]
+    laps("mention encoding + top-K")
+    tops = [top.reshape(-1) for _, _, top in batches]
+    needed = torch.unique(torch.cat(tops)) if tops else torch.zeros(0, dtype=torch.long)  # sorted
+    entities.cache, entities.cache_row = shared_caches(
+        model, backbones, needed, len(entity_rows), batch_size, rank, world, laps
+    )
+    del backbones
+    ranks = rerank_candidates(model, rows, batches, entities, k).ranks
+    laps("rerank scoring")
+    return ranks
 
 
 def shared_entities(
@@ -76,10 +216,11 @@ def dev_metrics(
     rank: int = 0,
     world: int = 1,
     top_k: int = 0,
+    timings: dict | None = None,
 ) -> dict:
     """Dev metrics under `protocol`, identical on every rank; each rank scores its slice of `dev_rows`.
 
-    `top_k` is the system protocol's K (0 = `eval_cfg.retrieve_k`)."""
+    `top_k` is the system protocol's K (0 = `eval_cfg.retrieve_k`); `timings` gets its phases' seconds."""
     if protocol not in DEV_PROTOCOLS:
         raise ValueError(f"train.dev_protocol={protocol!r}: expected one of {DEV_PROTOCOLS}")
     if getattr(bare(model), "reference_gate", False):
@@ -88,18 +229,24 @@ def dev_metrics(
 
         mine = exhaustive_metrics(model, builder, dev_rows, entity_rows, eval_cfg) if rank == 0 else None
         return gather(mine, world)[0]
-    entities = shared_entities(model, builder, entity_rows, eval_cfg.batch_size, rank, world)
-    rows = my_slice(dev_rows, rank, world)
-    label = f"[dev] {protocol} scoring" + (f" (rank 0 of {world})" if world > 1 else "")
-    label = label if rank == 0 else ""
-    top_k = min(top_k or eval_cfg.retrieve_k, len(entities.ids))
+    top_k = min(top_k or eval_cfg.retrieve_k, len(entity_rows))
     if protocol == "system":
-        result = candidate_ranks(model, builder, rows, entities, top_k, eval_cfg.batch_size, label=label)
-    else:
-        result = exhaustive_ranks(
-            model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk, label=label
+        mine = system_ranks(
+            model, builder, dev_rows, entity_rows, eval_cfg.batch_size, top_k, rank, world, Laps(timings)
         )
-    ranks = torch.cat(gather(result.ranks, world))
+    else:
+        entities = shared_entities(model, builder, entity_rows, eval_cfg.batch_size, rank, world)
+        label = "[dev] exhaustive scoring" + (f" (rank 0 of {world})" if world > 1 else "")
+        mine = exhaustive_ranks(
+            model,
+            builder,
+            my_slice(dev_rows, rank, world),
+            entities,
+            eval_cfg.batch_size,
+            eval_cfg.entity_chunk,
+            label=label if rank == 0 else "",
+        ).ranks
+    ranks = torch.cat(gather(mine, world))
     ranks = ranks[ranks > 0]  # NIL rows (gold not in the KB) are not ranked
     if protocol == "system":
         return system_metrics(ranks, top_k, eval_cfg.ks)

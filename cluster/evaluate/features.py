@@ -19,8 +19,9 @@ class EntityFeatures:
 
     ids: list[str]  # [N]
     vectors: torch.Tensor  # [N,D] retrieval vectors u_e
-    cache: dict[str, torch.Tensor]  # per-entity rerank features, leading dim N
+    cache: dict[str, torch.Tensor]  # per-entity rerank features, leading dim N (or C with cache_row)
     has_image: torch.Tensor  # [N] bool
+    cache_row: torch.Tensor | None = None  # [N] long: each entity's row in `cache` (-1: none); None = aligned
 
     def index_of(self) -> dict[str, int]:
         return {eid: i for i, eid in enumerate(self.ids)}
@@ -29,7 +30,10 @@ class EntityFeatures:
         """Vectors and cache for `index` of any shape (e.g. [B,K] candidates -> [B,K,D])."""
         flat = index.reshape(-1)
         vectors = self.vectors[flat].reshape(*index.shape, -1)
-        cache = {k: v[flat].reshape(*index.shape, *v.shape[1:]) for k, v in self.cache.items()}
+        at = flat if self.cache_row is None else self.cache_row[flat]
+        if self.cache_row is not None and bool((at < 0).any()):
+            raise KeyError("rerank cache asked for entities whose cache was not computed")
+        cache = {k: v[at].reshape(*index.shape, *v.shape[1:]) for k, v in self.cache.items()}
         return vectors, cache
 
 
@@ -72,6 +76,66 @@ def encode_entities(
         cache=cache,
         has_image=torch.cat(has_image) if has_image else torch.zeros(0, dtype=torch.bool),
     )
+
+
+@torch.no_grad()
+def encode_entity_vectors(
+    model, builder: BatchBuilder, rows: list[dict], batch_size: int, label: str = "", keep: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Retrieval vectors u_e [n,D] and has_image [n] of `rows`, skipping the units that feed only the rerank
+    cache; with `keep`, also the batches' backbone features, from which `entity_caches` computes the caches of
+    the entities that retrieval picks."""
+    from kb_builder.progress import Progress
+
+    progress = Progress(label, len(rows), "entities", enabled=bool(label), every_s=5.0)
+    model = bare(model)
+    was_training = model.training
+    model.eval()
+    vectors, has_image, backbones = [], [], []
+    for start in range(0, len(rows), batch_size):
+        f = model.backbone(builder.entities(rows[start : start + batch_size]))
+        vectors.append(model.entity_retrieval_vectors(f).float())  # [B,D]
+        has_image.append(f.has_image)
+        if keep:
+            backbones.append(f)
+        progress.update(len(f.has_image))
+    model.train(was_training)
+    if label:
+        progress.done()
+    if not vectors:
+        return torch.zeros(0, model.retrieval_dim), torch.zeros(0, dtype=torch.bool), backbones
+    return torch.cat(vectors), torch.cat(has_image), backbones
+
+
+@torch.no_grad()
+def entity_caches(model, backbones: list, index: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Rerank caches of rows `index` [C] (sorted) of the concatenated `backbones`, in batches of `batch_size`."""
+    from mmoe.model import select_rows
+
+    model = bare(model)
+    was_training = model.training
+    model.eval()
+    sizes = torch.tensor([len(f.has_image) for f in backbones], dtype=torch.long)
+    starts = torch.cumsum(sizes, 0) - sizes  # [n_batches] first row of each batch
+    batch_of = torch.searchsorted(starts, index, right=True) - 1  # [C]
+    parts = []
+    for b in batch_of.unique().tolist():  # the rows each backbone batch holds, gathered per batch
+        parts.append(select_rows(backbones[b], index[batch_of == b] - starts[b]))
+    merged = cat_rows(parts) if parts else None  # [C,...] in `index` order
+    caches = []
+    for start in range(0, len(index), batch_size):
+        rows = select_rows(merged, slice(start, start + batch_size))
+        caches.append({k: as_float(v) for k, v in model.entity_cache_of(rows).items()})
+    model.train(was_training)
+    return {k: torch.cat([c[k] for c in caches]) for k in caches[0]} if caches else {}
+
+
+def cat_rows(parts: list):
+    """Concatenate the rows of feature dataclasses of one type (e.g. BackboneFeatures batches)."""
+    from dataclasses import fields
+
+    first = parts[0]
+    return type(first)(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(first)})
 
 
 @torch.no_grad()

@@ -167,17 +167,28 @@ def candidate_ranks(
 
     A gold outside the K gets rank K+1 (`retrieved` False); NIL rows (gold not in the KB) get rank 0.
     """
+    k = min(top_k, len(entities.ids))
+
+    def retrieved():
+        for start, feats, vectors in encode_mention_batches(model, builder, rows, batch_size, True, label):
+            yield start, feats, (vectors @ entities.vectors.T).topk(k, dim=1).indices  # [B,K]
+
+    with torch.no_grad():
+        return rerank_candidates(model, rows, retrieved(), entities, k)
+
+
+def rerank_candidates(model, rows: list[dict], batches, entities: EntityFeatures, k: int) -> RankResult:
+    """The exact rerank of protocol (b): `batches` yields (start, mention features, top [B,K] entity indices)
+    over `rows` in order; `entities` needs the rerank cache of those indices only."""
     net = bare(model)
     position = entities.index_of()
     gold = torch.tensor([position.get(r.get("gold_entity_id") or "", -1) for r in rows], dtype=torch.long)
-    k = min(top_k, len(entities.ids))
     ranks, gold_scores, top_ids, retrieved, top_scores = [], [], [], [], []
     with torch.no_grad():
-        for start, feats, vectors in encode_mention_batches(model, builder, rows, batch_size, True, label):
-            top = (vectors @ entities.vectors.T).topk(k, dim=1).indices  # [B,K]
+        for start, feats, top in batches:
             cand_vectors, cand_cache = entities.rows(top)
             scores = net.score_candidates(feats, cand_vectors, cand_cache).scores.float()  # [B,K]
-            g = gold[start : start + batch_size]
+            g = gold[start : start + len(top)]
             hit = top == g[:, None]  # [B,K]
             found = hit.any(dim=1)
             g_score = scores.gather(1, hit.float().argmax(dim=1, keepdim=True)).squeeze(1)

@@ -190,20 +190,22 @@ class Trainer:
 
     def refresh_negatives(self, epoch: int, batches: list[list[dict]]) -> None:
         """Every `negatives_refresh_epochs` epochs: re-mine this worker's hard negatives from the current model."""
-        from cluster.evaluate.dev import shared_entities
+        from cluster.evaluate.dev import shared_vectors
         from cluster.train.negatives import refresh_negatives
 
         tc = self.cfg.train
         due = tc.hard_negatives > 0 and tc.negatives_refresh_epochs > 0 and epoch > 0
         if not due or epoch % tc.negatives_refresh_epochs:
             return
-        entities = shared_entities(
+        entities, _ = shared_vectors(  # mining reads the retrieval vectors only
             self.model,
             self.builder,
             self.config["entity_rows"],
             self.cfg.eval.batch_size,
             self.rank,
             self.world,
+            f"[train] negatives refresh epoch {epoch + 1}: entity vectors",
+            keep_backbones=False,
         )
         rows = [r for batch in batches for r in batch]
         label = f"[train] negatives refresh epoch {epoch + 1}" if self.rank == 0 else ""

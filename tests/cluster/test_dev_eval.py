@@ -55,6 +55,24 @@ def test_system_dev_protocol_agrees_with_exhaustive(dev):
     assert _metrics(cfg, model_dir, rows, entities, "system")["mrr"] == pytest.approx(exhaustive["mrr"])
 
 
+def test_system_ranks_from_retrieved_caches_equal_ranks_on_every_entitys_cache(dev):
+    """The dev path computes u_e for every entity but rerank caches only for retrieved ones."""
+    from cluster.evaluate.dev import Laps, shared_entities, system_ranks
+    from cluster.evaluate.protocols import candidate_ranks
+    from cluster.inputs import BatchBuilder
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    cfg, model_dir, rows, entities = dev
+    model, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
+    timings = {}
+    ranks = system_ranks(model, builder, rows, entities, 16, 20, 0, 1, Laps(timings))
+    full = candidate_ranks(model, builder, rows, shared_entities(model, builder, entities, 16, 0, 1), 20, 16)
+    assert torch.equal(ranks, full.ranks)
+    assert set(timings) >= {"entity vectors", "mention encoding + top-K", "rerank scoring"}
+
+
 def _rank_main(rank, world, port, args, out_dir):
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world

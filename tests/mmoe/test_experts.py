@@ -123,3 +123,15 @@ def test_inference_skips_the_aux_loss_and_keeps_the_output():
         served = moe(x)
     assert served.aux_loss.item() == 0.0 and trained.aux_loss.item() > 0
     assert torch.allclose(served.hidden_states, trained.hidden_states, atol=1e-6)  # dropout 0 in tiny configs
+
+
+@pytest.mark.parametrize("gate", ["token", "reference"])
+def test_inference_runs_experts_on_routed_tokens_only_with_the_dense_sum(gate):
+    moe = make_moe(top_k=2, gate=gate)
+    x, mask = torch.randn(5, 9, 8), torch.ones(5, 9, dtype=torch.bool)
+    with torch.no_grad():
+        dense = moe(x, mask=mask)  # training mode: every expert on every token (capacity off)
+        moe.eval()
+        routed = moe(x, mask=mask)
+    torch.testing.assert_close(routed.hidden_states, dense.hidden_states, atol=1e-6, rtol=1e-6)
+    assert torch.equal(routed.gate_weights, dense.gate_weights)

@@ -161,3 +161,50 @@ def test_explain_helpers(tiny_model, batches):
     torch.testing.assert_close(parts["text"] + parts["image"] + parts["cross"], out.scores)
     with pytest.raises(ValueError, match="return_gates"):
         expert_usage(model.encode(mentions, "mention"))
+
+
+def test_records_without_image_share_one_vision_pass_at_inference(tiny_model, batches):
+    model, _ = tiny_model
+    mentions, _ = batches
+    no_images = dict(mentions, image_mask=torch.tensor([False, True, False, False, True, False]))
+    model.eval()
+    pixels, row = model.features.distinct_images(no_images["pixel_values"], no_images["image_mask"])
+    assert len(pixels) == 3 and row.tolist() == [0, 1, 0, 0, 2, 0]  # two images + one zero image
+    with torch.no_grad():
+        shared = model.backbone(no_images)
+        model.features.train()  # training encodes every record
+        assert model.features.distinct_images(pixels, no_images["image_mask"][:3])[1] is None
+        plain = model.backbone(no_images)
+        model.features.eval()
+    for name in ("image_cls", "image_tokens", "text_cls", "text_tokens"):
+        torch.testing.assert_close(getattr(shared, name), getattr(plain, name), atol=1e-6, rtol=1e-6)
+
+
+def test_retrieval_vectors_and_cache_computed_apart_match_full_encoding(tiny_model, batches):
+    """The system protocol's split: u_e without units 1-2, the rerank cache without unit 3."""
+    model, _ = tiny_model
+    _, entities = batches
+    with torch.no_grad():
+        full = model.encode(entities, "entity")
+        f = model.backbone(entities)
+        vectors, cache = model.entity_retrieval_vectors(f), model.entity_cache_of(f)
+    assert torch.equal(vectors, model.retrieval_vectors(full))
+    expected = model.entity_cache(full)
+    assert set(cache) == set(expected) and all(torch.equal(cache[k], expected[k]) for k in cache)
+
+
+def test_inference_shortcuts_for_records_without_image_keep_the_features(tiny_model, batches):
+    """Eval mode shares the zero image's vision pass and expert passes and runs experts on routed tokens only;
+    train mode (dropout 0, no capacity) encodes every record densely: the same features."""
+    model, _ = tiny_model
+    _, entities = batches
+    no_images = dict(entities, image_mask=torch.tensor([False, True, False, False, True, False]))
+    with torch.no_grad():
+        model.eval()
+        shared = model.encode(no_images, "entity")
+        model.train()
+        plain = model.encode(no_images, "entity")
+        model.eval()
+    torch.testing.assert_close(model.retrieval_vectors(shared), model.retrieval_vectors(plain))
+    for key, value in model.entity_cache(shared).items():
+        torch.testing.assert_close(value, model.entity_cache(plain)[key], msg=key)
