@@ -18,8 +18,9 @@ def test_link_client_prints_a_ranked_table(served_kb):
         served_kb.url, entity["name"], context=entity["description"], image=entity["image_uris"][0], top_k=3
     )
     lines = table.splitlines()
-    assert lines[0].split()[:4] == ["rank", "score", "entity_id", "name"]
-    assert lines[2].split()[0] == "1" and lines[2].split()[2] == entity["entity_id"]
+    assert lines[0].split()[:5] == ["rank", "confidence", "score", "entity_id", "name"]
+    assert lines[2].split()[0] == "1" and lines[2].split()[3] == entity["entity_id"]
+    assert 0.0 <= float(lines[2].split()[1]) <= 1.0
     assert len([ln for ln in lines if ln[:1].isdigit()]) == 3
     assert "linked" in table
 
