@@ -41,6 +41,7 @@ def served(tmp_path_factory, ray_session, milvus_server):
             "milvus.partition_key=type",
             f"serve.port={free_port()}",
             "serve.num_replicas=2",
+            "serve.layout=split",  # the retriever as its own deployment, at two replicas
             "serve.num_cpus_per_replica=0.1",
         ]
     )
