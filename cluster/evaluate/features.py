@@ -6,6 +6,8 @@ chunk, unlike the official code, which recomputes the entity side for every tile
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +49,18 @@ def bare(model):
     return getattr(model, "module", model)
 
 
+@contextmanager
+def eval_mode(model) -> Iterator:
+    """The bare model in eval mode (no dropout; the inference-only shortcuts), its training mode restored after."""
+    model = bare(model)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def encode_entities(
     model, builder: BatchBuilder, rows: list[dict], batch_size: int, label: str = ""
@@ -55,18 +69,15 @@ def encode_entities(
     from kb_builder.progress import Progress
 
     progress = Progress(label, len(rows), "entities", enabled=bool(label), every_s=5.0)
-    model = bare(model)
-    was_training = model.training
-    model.eval()
     vectors, caches, has_image = [], [], []
-    for start in range(0, len(rows), batch_size):
-        inputs = builder.entities(rows[start : start + batch_size])
-        feats = model.encode(inputs, "entity")
-        vectors.append(model.retrieval_vectors(feats).float())
-        caches.append({k: as_float(v) for k, v in model.entity_cache(feats).items()})
-        has_image.append(inputs["image_mask"])
-        progress.update(len(inputs["image_mask"]))
-    model.train(was_training)
+    with eval_mode(model) as model:
+        for start in range(0, len(rows), batch_size):
+            inputs = builder.entities(rows[start : start + batch_size])
+            feats = model.encode(inputs, "entity")
+            vectors.append(model.retrieval_vectors(feats).float())
+            caches.append({k: as_float(v) for k, v in model.entity_cache(feats).items()})
+            has_image.append(inputs["image_mask"])
+            progress.update(len(inputs["image_mask"]))
     if label:
         progress.done()
     cache = {k: torch.cat([c[k] for c in caches]) for k in caches[0]} if caches else {}
@@ -88,18 +99,15 @@ def encode_entity_vectors(
     from kb_builder.progress import Progress
 
     progress = Progress(label, len(rows), "entities", enabled=bool(label), every_s=5.0)
-    model = bare(model)
-    was_training = model.training
-    model.eval()
     vectors, has_image, backbones = [], [], []
-    for start in range(0, len(rows), batch_size):
-        f = model.backbone(builder.entities(rows[start : start + batch_size]))
-        vectors.append(model.entity_retrieval_vectors(f).float())  # [B,D]
-        has_image.append(f.has_image)
-        if keep:
-            backbones.append(f)
-        progress.update(len(f.has_image))
-    model.train(was_training)
+    with eval_mode(model) as model:
+        for start in range(0, len(rows), batch_size):
+            f = model.backbone(builder.entities(rows[start : start + batch_size]))
+            vectors.append(model.entity_retrieval_vectors(f).float())  # [B,D]
+            has_image.append(f.has_image)
+            if keep:
+                backbones.append(f)
+            progress.update(len(f.has_image))
     if label:
         progress.done()
     if not vectors:
@@ -112,9 +120,6 @@ def entity_caches(model, backbones: list, index: torch.Tensor, batch_size: int) 
     """Rerank caches of rows `index` [C] (sorted) of the concatenated `backbones`, in batches of `batch_size`."""
     from mmoe.model import select_rows
 
-    model = bare(model)
-    was_training = model.training
-    model.eval()
     sizes = torch.tensor([len(f.has_image) for f in backbones], dtype=torch.long)
     starts = torch.cumsum(sizes, 0) - sizes  # [n_batches] first row of each batch
     batch_of = torch.searchsorted(starts, index, right=True) - 1  # [C]
@@ -123,10 +128,10 @@ def entity_caches(model, backbones: list, index: torch.Tensor, batch_size: int) 
         parts.append(select_rows(backbones[b], index[batch_of == b] - starts[b]))
     merged = cat_rows(parts) if parts else None  # [C,...] in `index` order
     caches = []
-    for start in range(0, len(index), batch_size):
-        rows = select_rows(merged, slice(start, start + batch_size))
-        caches.append({k: as_float(v) for k, v in model.entity_cache_of(rows).items()})
-    model.train(was_training)
+    with eval_mode(model) as model:
+        for start in range(0, len(index), batch_size):
+            rows = select_rows(merged, slice(start, start + batch_size))
+            caches.append({k: as_float(v) for k, v in model.entity_cache_of(rows).items()})
     return {k: torch.cat([c[k] for c in caches]) for k in caches[0]} if caches else {}
 
 
@@ -146,17 +151,12 @@ def encode_mention_batches(
     from kb_builder.progress import Progress
 
     progress = Progress(label, len(rows), "mentions", enabled=bool(label), every_s=5.0)
-    model = bare(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model) as model:
         for start in range(0, len(rows), batch_size):
             feats = model.encode(
                 builder.mentions(rows[start : start + batch_size], use_dme=use_dme), "mention"
             )
             yield start, feats, model.retrieval_vectors(feats).float()
             progress.update(len(rows[start : start + batch_size]))
-    finally:
-        model.train(was_training)
     if label:
         progress.done()

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import torch
 
+from cluster.evaluate.features import eval_mode
 from cluster.inputs import BatchBuilder
 
 OFFICIAL_MENTION_TILE = 20  # mentions per tile in the official evaluation
@@ -93,10 +94,7 @@ def reference_exhaustive_ranks(
     gold = torch.tensor([position[r["gold_entity_id"]] for r in rows], dtype=torch.long)  # [M]
     if not rows:
         return torch.zeros(0, dtype=torch.long)
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model) as model:
         entities = entity_backbone(model, builder, entity_rows, batch_size)
         ranks = [
             gold_ranks(scores, gold[start : start + scores.shape[0]])
@@ -104,8 +102,6 @@ def reference_exhaustive_ranks(
                 model, builder, rows, entities, mention_tile, entity_tile, use_dme
             )
         ]
-    finally:
-        model.train(was_training)
     return torch.cat(ranks)
 
 
