@@ -10,7 +10,8 @@ application tags added by Ray), next to Serve's own request metrics:
 | `ray_mel_nil_answers_total`          | counter   |                 | linked mentions answered NIL                 |
 | `ray_mel_stage_latency_ms_bucket`... | histogram | stage           | each `timings_ms` stage of every answer      |
 
-No DME fallback counter: serving does not run DME per request (README, DME), so there is nothing to count.
+No DME fallback counter yet: per-request DME records its reason on each encoded mention
+(`EncodedMention.dme_reason`), which the answer does not carry to the ingress.
 `NoMetrics` stands in where no Serve replica runs (the in-process app of the tests and benchmarks).
 """
 
