@@ -47,11 +47,11 @@ def has_model(storage, uri: str) -> bool:
     return storage.exists(f"{uri.rstrip('/')}/{MODEL_CONFIG}")
 
 
-def trained_or_init(cfg, storage, checkpoint: str = "") -> str:
+def trained_or_init(train_cfg, storage, checkpoint: str = "") -> str:
     """The model a stage uses by default: the given checkpoint, else the run's best, else `models/init`."""
     if checkpoint:
         return checkpoint
-    best = best_model(storage, cfg.train.run_name)
+    best = best_model(storage, train_cfg.run_name)
     return best if has_model(storage, best) else init_model(storage)
 
 
@@ -62,7 +62,7 @@ def serving_model_dir(cfg) -> Path:
     from workers.model_store import resolve_model_dir
 
     storage = Storage(cfg.storage)
-    checkpoint = cfg.serve.checkpoint or trained_or_init(cfg, storage)
+    checkpoint = cfg.serve.checkpoint or trained_or_init(cfg.train, storage)
     if checkpoint == init_model(storage):
         checkpoint = ""  # resolve_model_dir builds models/init on first need
     return Path(resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint=checkpoint))

@@ -73,11 +73,11 @@ def _mel_command(subcommand: str) -> str:
     return f"mel --config /config/ray_config.yaml --set ray.address=auto {subcommand}"
 
 
-def ray_launcher(cfg) -> dict:
+def ray_launcher(storage_cfg) -> dict:
     return {
         "cluster_name": "mel",
         "max_workers": 8,
-        "provider": {"type": "aws", "region": cfg.storage.s3_region or "us-east-1"},
+        "provider": {"type": "aws", "region": storage_cfg.s3_region or "us-east-1"},
         "docker": {"image": IMAGE, "container_name": "ray", "run_options": ["--gpus all"]},
         "available_node_types": {
             "head": {
@@ -162,7 +162,7 @@ Then set `milvus.uri: http://<host>:19530` and `milvus.token: <user:password or 
 def render_all(cfg) -> dict[str, str]:
     dump = lambda doc: yaml.safe_dump(doc, sort_keys=False)  # noqa: E731
     return {
-        "ray-cluster.yaml": dump(ray_launcher(cfg)),
+        "ray-cluster.yaml": dump(ray_launcher(cfg.storage)),
         "raycluster.yaml": dump(raycluster(cfg)),
         "rayjob-index.yaml": dump(rayjob(cfg, "index")),
         "rayjob-train.yaml": dump(rayjob(cfg, "train")),

@@ -126,7 +126,7 @@ def _select_on_ray(cfg, todo: pl.DataFrame, kb_version: str, save, progress: boo
         # `process` is a pure function of its batch, so a crashed actor's batches are safely retried.
         max_restarts=restarts,
         max_task_retries=restarts,
-        **_api_key_env(cfg),
+        **_api_key_env(cfg.dme),
     )
     batch_size = max(1, cfg.encoder.batch_size)
     in_flight = max(1, getattr(cfg.encoder, "batches_in_flight", MAX_BATCHES_IN_FLIGHT_PER_ACTOR))
@@ -166,11 +166,11 @@ def _select_on_ray(cfg, todo: pl.DataFrame, kb_version: str, save, progress: boo
     return rows, counters, ann
 
 
-def _api_key_env(cfg) -> dict:
+def _api_key_env(dme_cfg) -> dict:
     """Hand the LLM API key to the actors as an environment variable (never as an argument, which Ray would
     record): actors on other nodes do not inherit this process's environment."""
-    name = cfg.dme.llm.api_key_env
-    if cfg.dme.selector != "llm" or not name or name not in os.environ:
+    name = dme_cfg.llm.api_key_env
+    if dme_cfg.selector != "llm" or not name or name not in os.environ:
         return {}
     return {"runtime_env": {"env_vars": {name: os.environ[name]}}}
 

@@ -168,7 +168,7 @@ def run_eval(cfg, checkpoint: str = "", split: str = "test") -> EvalReport:
 
     storage = Storage(cfg.storage)
     ensure_kb(cfg, storage)
-    uri = trained_or_init(cfg, storage, checkpoint)
+    uri = trained_or_init(cfg.train, storage, checkpoint)
     init = uri == init_model(storage)  # built on first need, like every other stage does
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe, checkpoint="" if init else uri)
     report = EvalReport(**evaluate(cfg, model_dir, split=split, checkpoint=uri))

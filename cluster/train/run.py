@@ -50,7 +50,7 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def checkpoint_storage(cfg, run_uri: str):
+def checkpoint_storage(storage_cfg, run_uri: str):
     """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// uses the configured endpoint."""
     from kb_builder.storage import is_s3, split_s3
 
@@ -61,12 +61,12 @@ def checkpoint_storage(cfg, run_uri: str):
 
     creds = boto3.Session().get_credentials()
     frozen = creds.get_frozen_credentials() if creds else None
-    endpoint = cfg.storage.s3_endpoint_url
+    endpoint = storage_cfg.s3_endpoint_url
     fs = pyarrow.fs.S3FileSystem(
         access_key=frozen.access_key if frozen else None,
         secret_key=frozen.secret_key if frozen else None,
         session_token=frozen.token if frozen else None,
-        region=cfg.storage.s3_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        region=storage_cfg.s3_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
         scheme=endpoint.split("://", 1)[0] if endpoint else "https",
         # Small objects (Ray Train's marker files) go up in one PUT, not as a multipart upload that some
@@ -193,7 +193,7 @@ def run_training(cfg, resume: bool = False) -> TrainResult:
         f"{len(data['entity_rows'])} entities; {cfg.train.num_workers} workers; run {run_uri}"
         + (" (resuming)" if resume else "")
     )
-    storage_path, filesystem = checkpoint_storage(cfg, run_uri)
+    storage_path, filesystem = checkpoint_storage(cfg.storage, run_uri)
     result = build_trainer(cfg, model_dir, data, storage_path, filesystem).fit()
     best_uri = best_model(storage, cfg.train.run_name)
     history = export_best(result, storage, best_uri)

@@ -84,7 +84,7 @@ def test_checkpoints_on_s3_go_through_the_configured_endpoint(s3_bucket, tmp_pat
         ]
     )
     storage = Storage(cfg.storage)
-    path, fs = checkpoint_storage(cfg, storage.join("runs", "r"))
+    path, fs = checkpoint_storage(cfg.storage, storage.join("runs", "r"))
     assert path == f"{bucket}/mel/runs/r"
     uri = storage.join("runs", "r", "checkpoints", "marker.txt")
     storage.write_bytes(uri, b"ok")

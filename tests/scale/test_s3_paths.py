@@ -266,7 +266,7 @@ def _train_fs_uses_multipart_for_small_files(cfg) -> bool:
     from cluster.train.run import checkpoint_storage
     from kb_builder.storage import Storage
 
-    _, fs = checkpoint_storage(cfg, Storage(cfg.storage).join("runs", "probe"))
+    _, fs = checkpoint_storage(cfg.storage, Storage(cfg.storage).join("runs", "probe"))
     return not fs.__reduce__()[1][0].get("allow_delayed_open", False)
 
 
