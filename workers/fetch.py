@@ -6,9 +6,9 @@ byte a second cannot hold a fetch past `total_s`), a byte cap checked while stre
 and a bound on redirects, each hop followed by hand so each is checked again. A `FetchPolicy` with
 `allowed_hosts` set (serving) also refuses every host not listed, credentials in URLs, and any host that resolves
 to a private, loopback, link-local, multicast or reserved address (`127.1`, `0x7f000001`, `[::ffff:127.0.0.1]`
-all resolve to loopback). Known gap: the address is checked after resolution but httpx resolves again when it
-connects, so a DNS server that answers differently twice (rebinding) is not stopped here; keep the allow-list to
-hosts whose DNS you trust.
+all resolve to loopback). Such a host is resolved ONCE per hop: the connection goes to the address that was
+checked (`PinnedBackend`; TLS still verifies the certificate for the host name), so a DNS server that answers
+differently the second time (rebinding) cannot move the fetch to another address.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def is_public_address(ip: str) -> bool:
     )
 
 
-def check_url(url: str, policy: FetchPolicy) -> None:
-    """Raise `FetchRefused` unless `policy` lets this one hop be fetched (resolves the host when it must)."""
+def check_url(url: str, policy: FetchPolicy) -> str | None:
+    """Raise `FetchRefused` unless `policy` lets this one hop be fetched. With an allow-list, the host is
+    resolved here and the address to connect to is returned (None: connect by name, the KB side)."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in policy.schemes:
         raise FetchRefused("scheme not allowed")
@@ -61,19 +62,52 @@ def check_url(url: str, policy: FetchPolicy) -> None:
     if not host:
         raise FetchRefused("no host")
     if policy.allowed_hosts is None:
-        return
+        return None
     if parts.username is not None or parts.password is not None:
         raise FetchRefused("credentials in URL")
     if host not in {h.lower() for h in policy.allowed_hosts}:
         raise FetchRefused("host not allowed")
-    if policy.allow_private:
-        return
     try:
         infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise FetchRefused("host does not resolve") from None
-    if not infos or not all(is_public_address(info[4][0]) for info in infos):
+    if not infos:
+        raise FetchRefused("host does not resolve")
+    if not policy.allow_private and not all(is_public_address(info[4][0]) for info in infos):
         raise FetchRefused("address not allowed")
+    return infos[0][4][0]
+
+
+class PinnedBackend:
+    """httpcore network backend that connects a host only to the address `check_url` approved for it."""
+
+    def __init__(self):
+        import httpcore
+
+        self.inner = httpcore.SyncBackend()
+        self.pins: dict[str, str] = {}
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        address = self.pins.get(host.lower())
+        if address is None:  # never reached: every hop is checked (and pinned) before it is requested
+            raise FetchRefused("address not checked")
+        return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+    def connect_unix_socket(self, *args, **kwargs):
+        raise FetchRefused("unix sockets not allowed")
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+def pinned_client(backend: PinnedBackend):
+    """An httpx client whose connections go through `backend` (httpx has no public hook for the backend)."""
+    import httpcore
+    import httpx
+
+    transport = httpx.HTTPTransport()
+    transport._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), network_backend=backend)
+    return httpx.Client(transport=transport, follow_redirects=False)
 
 
 def fetch(url: str, policy: FetchPolicy, client=None) -> bytes:
@@ -81,11 +115,14 @@ def fetch(url: str, policy: FetchPolicy, client=None) -> bytes:
     import httpx
 
     deadline = time.monotonic() + policy.total_s
-    own = client is None
-    client = client or httpx.Client(follow_redirects=False)
+    backend = PinnedBackend() if policy.allowed_hosts is not None else None
+    own = client is None or backend is not None
+    client = pinned_client(backend) if backend else client or httpx.Client(follow_redirects=False)
     try:
         for _ in range(policy.max_redirects + 1):
-            check_url(url, policy)
+            address = check_url(url, policy)
+            if backend is not None:
+                backend.pins[(urlsplit(url).hostname or "").lower()] = address
             with client.stream("GET", url, timeout=_left(deadline), follow_redirects=False) as resp:
                 if resp.is_redirect and "location" in resp.headers:
                     url = urljoin(url, resp.headers["location"])

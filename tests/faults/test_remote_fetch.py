@@ -61,6 +61,41 @@ def test_credentials_and_unlisted_hosts_are_refused(server):
     assert server.hits == 0
 
 
+class RebindingDNS:
+    """A resolver whose answer for `host` changes after the first lookup, the DNS-rebinding attack. The system
+    resolver cannot be pointed at a test DNS server here, so `socket.getaddrinfo` is swapped for the test."""
+
+    def __init__(self, monkeypatch, host: str, first: str, then: str):
+        import socket
+
+        self.real, self.host, self.answers, self.lookups = socket.getaddrinfo, host, [first, then], 0
+        monkeypatch.setattr(socket, "getaddrinfo", self)
+
+    def __call__(self, host, port, *args, **kwargs):
+        if host != self.host:
+            return self.real(host, port, *args, **kwargs)
+        self.lookups += 1
+        return self.real(self.answers[min(self.lookups, 2) - 1], port, *args, **kwargs)
+
+
+def test_rebinding_dns_cannot_move_a_checked_fetch_to_loopback(server, monkeypatch):
+    # Checked: a public address. Asked again (as httpx would to connect): loopback. The fetch must go to the
+    # checked address (unreachable offline, so it fails) and never reach the loopback server.
+    dns = RebindingDNS(monkeypatch, "img.example", first="93.184.216.34", then="127.0.0.1")
+    with pytest.raises(Exception):  # noqa: B017 - unreachable public address: a connect error or the deadline
+        fetch(
+            f"http://img.example:{server.port}/a",
+            FetchPolicy(allowed_hosts=("img.example",), total_s=1.5, allow_private=False),
+        )
+    assert server.hits == 0 and dns.lookups == 1
+
+
+def test_the_connection_goes_to_the_address_resolved_once(server, monkeypatch):
+    dns = RebindingDNS(monkeypatch, "img.example", first="127.0.0.1", then="10.255.255.1")
+    body = fetch(f"http://img.example:{server.port}/a", FetchPolicy(allowed_hosts=("img.example",)))
+    assert body == b"x" * 1000 and server.hits == 1 and dns.lookups == 1
+
+
 def test_redirect_count_and_byte_cap(server):
     hop = f"http://127.0.0.1:{server.port}/redirect?to="
     loop = hop + hop + hop + f"http://127.0.0.1:{server.port}/a"
