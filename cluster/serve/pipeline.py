@@ -505,6 +505,7 @@ def assemble(
     }
     if enc.dme_reason:  # the model was trained with DME: the request ran it (inside "encode")
         out["timings_ms"]["dme"] = round(enc.dme_ms, 3)
+        out["dme"] = enc.dme_reason
     if query.explain and enc.gates is not None:
         out["explain"] = {"expert_usage": enc.gates}
     return out

@@ -104,6 +104,8 @@ class LinkResponse(BaseModel):
     nil_threshold: float | None  # in confidence units (calibrated by `mel eval`, or serve.nil_threshold)
     collection: str  # the Milvus collection that answered (the alias target at request time)
     timings_ms: dict[str, float]
+    # how per-request DME went: selected | no_match | no_candidates | fallback:<why>; absent without DME
+    dme: str | None = None
     explain: Explanation | None = None
 
 

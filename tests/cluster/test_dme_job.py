@@ -205,3 +205,33 @@ def test_served_mention_text_equals_the_training_text_with_dme_on_and_off(kb, ra
     assert not off.enabled
     assert [s.text for s in off.build(items)] == [mention_text(m, c) for m, c in items]
     assert MentionEncoder(model_dir, texts=off).encode([MentionQuery(*items[0])])[0].dme_reason == ""
+
+
+def test_a_dme_trained_model_answers_say_how_dme_went(kb, ray_session, tmp_path):
+    """`/link` answers of a DME-trained model carry `dme` (the outcome Prometheus counts by); without DME they
+    carry none."""
+    from cluster.artifacts import write_mention_recipe
+    from cluster.dme.enhance import dme_selections
+    from cluster.serve.metrics import dme_tags
+    from cluster.serve.pipeline import Linker, MentionQuery
+    from workers.model_store import resolve_model_dir
+
+    cfg, storage, _, mentions = kb
+    run_dme(cfg, progress=False)
+    _, recipe = dme_selections(cfg, storage)
+    index_sample_kb(cfg, storage)
+    model_dir = tmp_path / "model"
+    shutil.copytree(resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe), model_dir)
+    queries = [MentionQuery(r["mention"], r["context"] or "") for r in mentions.head(6).to_dicts()]
+
+    write_mention_recipe(storage, str(model_dir), recipe)
+    answers = Linker.from_config(cfg, model_dir=model_dir).link(queries)
+    assert all(a["dme"] in {"selected", "no_match", "no_candidates"} for a in answers)
+    assert all(a["timings_ms"]["dme"] > 0 for a in answers)
+
+    write_mention_recipe(storage, str(model_dir), {**recipe, "dme": False})
+    answers = Linker.from_config(cfg, model_dir=model_dir).link(queries)
+    assert not any("dme" in a or "dme" in a["timings_ms"] for a in answers)
+
+    assert dme_tags("fallback:http_500") == {"outcome": "fallback", "why": "http_500"}
+    assert dme_tags("selected") == {"outcome": "selected", "why": ""}
