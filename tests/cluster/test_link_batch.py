@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.fixtures import REPO
+from tests.fixtures import REPO, wait_until
 
 SETS = ["kb.sample_entities=120", "kb.sample_mentions=400", "batch.batch_size=8", "batch.rows_per_part=16"]
 
@@ -122,8 +121,12 @@ def test_driver_kill_9_then_rerun_writes_every_row_once(linked_kb, tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        while child.poll() is None and not _done_parts(out):  # kill as soon as one part is written
-            time.sleep(0.02)
+        wait_until(  # kill as soon as one part is written
+            lambda: child.poll() is not None or _done_parts(out),
+            timeout_s=600,
+            interval_s=0.02,
+            what="the first written output part",
+        )
         os.killpg(child.pid, signal.SIGKILL)  # the driver and its local Ray
     finally:
         if child.poll() is None:

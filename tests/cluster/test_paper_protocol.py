@@ -67,7 +67,7 @@ def _model(data, gate: str):
     from cluster.config import load_config
     from mmoe.config import MMoEConfig
     from mmoe.pretrained import build_tiny_model
-    from tests.mmoe.conftest import tiny_clip
+    from tests.mmoe.helpers import tiny_clip
     from workers.images import ImageLoader
 
     root, entities, mentions = data

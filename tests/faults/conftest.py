@@ -3,17 +3,12 @@ app of its own (name APP, route ROUTE) that coexists with the serving tests' app
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 
+from tests.faults.helpers import APP, ROUTE, small_served_app
 from tests.faults.s3_endpoint import FORWARD, BreakableS3
-
-APP = "mel-faults"
-ROUTE = "/faults"
 
 
 @pytest.fixture
@@ -28,82 +23,9 @@ def breakable_s3(s3_server):
     endpoint.stop()
 
 
-@contextlib.contextmanager
-def small_served_app(tmp: Path, app: str, route: str, n_entities: int = 40):
-    """Build a small sample KB under `tmp`, index it in-process, serve it on the session's Ray Serve as `app`
-    at `route` (beside any other app); yields (cfg, url, entities) and deletes the app afterwards."""
-    import ray
-    from milvus_lite.server_manager import server_manager_instance
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    from cluster.artifacts import serving_model_dir
-    from cluster.config import load_config
-    from cluster.serve.app import build_app
-    from kb_builder.build import build_kb
-    from kb_builder.shards import read_entities
-    from kb_builder.storage import Storage
-    from tests.cluster.serving.helpers import index_collection, swap_alias, wait_ready
-    from tests.fixtures import free_port
-
-    alias = app.replace("-", "_")
-    cfg = load_config(
-        overrides=[
-            f"storage.root={tmp / 'data'}",
-            f"storage.cache_dir={tmp / 'cache'}",
-            f"kb.sample_entities={n_entities}",
-            "kb.sample_mentions=40",
-            "serve.num_cpus_per_replica=0.1",
-            "serve.layout=split",  # the fault tests kill one stage's replica (the reranker) or the ingress
-            f"milvus.collection={alias}",
-            "serve.max_body_bytes=200000",
-            "serve.max_image_bytes=100000",
-        ]
-    )
-    build_kb(cfg.kb, cfg.storage, progress=False)
-    lite_file = tmp / "data" / "milvus.db"
-    cfg.milvus.uri = server_manager_instance.start_and_get_uri(str(lite_file))
-    model_dir = serving_model_dir(cfg)
-    entities = read_entities(
-        Storage(cfg.storage), cfg.kb.name, columns=["entity_id", "name", "description", "image_uris"]
-    ).to_dicts()
-    swap_alias(cfg, index_collection(cfg, model_dir, f"{alias}_v1", entities))
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # ignored when Serve already runs
-    port = ray.get(_get_global_client()._controller.get_http_config.remote()).port
-    serve.run(build_app(cfg), name=app, route_prefix=route)
-    url = f"http://127.0.0.1:{port}{route}"
-    try:
-        assert wait_ready(url) == 200
-        yield cfg, url, entities
-    finally:
-        serve.delete(app)
-        server_manager_instance.release_server(str(lite_file))
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def fault_app(tmp_path_factory, ray_session):
     """The fault tests' Serve app (name APP, route ROUTE): (cfg, url, entities). Module-scoped: its replicas hold
     0.4 CPU of the 2-CPU test Ray, which would starve the index and training tests (see test_index_faults)."""
     with small_served_app(tmp_path_factory.mktemp("serve-faults"), APP, ROUTE) as served:
         yield served
-
-
-def require_free_cpus(needed: float, attempts: int = 60) -> None:
-    """Fail fast, not hang, when another Ray workload (a session-scoped Serve app) holds the CPUs an index or
-    training test needs: workers/ray_pool.py and Ray Train would otherwise wait forever (docs/reliability.md,
-    bug 7). Polls a while first, so actors of the previous test can finish releasing their CPUs."""
-    import time
-
-    import ray
-
-    free = 0.0
-    for _ in range(attempts):
-        free = ray.available_resources().get("CPU", 0.0)
-        if free >= needed:
-            return
-        time.sleep(0.5)
-    pytest.fail(
-        f"only {free} of the {needed} CPUs this test needs are free in the test Ray session (another "
-        "Serve app still running?); run_index/Ray Train would wait forever (docs/reliability.md, bug 7)"
-    )

@@ -22,7 +22,8 @@ from cluster.config import load_config, milvus_uri
 from kb_builder.build import build_kb
 from kb_builder.shards import read_entities
 from kb_builder.storage import Storage
-from tests.faults.conftest import require_free_cpus
+from tests.faults.helpers import require_free_cpus
+from tests.fixtures import wait_until
 from workers.index_job import run_index
 from workers.milvus_store import MilvusStore
 from workers.model_store import resolve_model_dir
@@ -120,8 +121,12 @@ def test_driver_kill_9_mid_run_then_rerun_resumes_exactly(tmp_path, ray_session)
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        while child.poll() is None and not done_shards(root)[0]:  # kill as soon as one shard is recorded
-            time.sleep(0.02)
+        wait_until(  # kill as soon as one shard is recorded
+            lambda: child.poll() is not None or done_shards(root)[0],
+            timeout_s=600,
+            interval_s=0.02,
+            what="the first recorded shard",
+        )
         os.killpg(child.pid, signal.SIGKILL)  # the driver, its local Ray and its Milvus Lite server
     finally:
         if child.poll() is None:

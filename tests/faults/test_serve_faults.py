@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from tests.cluster.serving.helpers import wait_ready
-from tests.faults.conftest import APP
+from tests.faults.helpers import APP
 
 REQUESTS = 120
 CONCURRENCY = 8

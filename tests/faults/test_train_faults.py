@@ -9,13 +9,13 @@ import math
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from cluster.config import load_config
-from tests.faults.conftest import require_free_cpus
+from tests.faults.helpers import require_free_cpus
+from tests.fixtures import wait_until
 
 
 def train_worker_pids() -> list[int]:
@@ -61,12 +61,17 @@ def test_sigkilled_train_worker_resumes_from_checkpoint_to_the_planned_steps(tmp
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(result=run_training(cfg)), daemon=True)
     runner.start()
-    killed = None
-    while runner.is_alive() and killed is None:  # the first checkpoint is the cue, not a clock
-        if checkpoint_registered(checkpoints) and train_worker_pids():
-            killed = train_worker_pids()[-1]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
+
+    def cue():  # the first checkpoint is the cue, not a clock; a finished run ends the wait too
+        if not runner.is_alive():
+            return "ended"
+        pids = checkpoint_registered(checkpoints) and train_worker_pids()
+        return pids[-1] if pids else None
+
+    found = wait_until(cue, timeout_s=900, interval_s=0.05, what="the first checkpoint of the run")
+    killed = None if found == "ended" else found
+    if killed is not None:
+        os.kill(killed, signal.SIGKILL)
     runner.join()
     assert killed is not None, "the run ended before a worker could be killed"
     result = outcome["result"]

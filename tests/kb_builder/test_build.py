@@ -13,7 +13,7 @@ from kb_builder.config import KBConfig, StorageConfig
 from kb_builder.diff import kb_version
 from kb_builder.shards import entity_shard_uris, read_diff, read_entities, read_manifest, read_mentions
 from kb_builder.storage import Storage
-from tests.kb_builder.conftest import entity, kb_config, mention, write_jsonl
+from tests.kb_builder.helpers import entity, kb_config, mention, write_jsonl
 
 
 def test_sample_build_local(local_storage):

@@ -10,7 +10,7 @@ from kb_builder.build import build_kb
 from kb_builder.check import check_kb
 from kb_builder.config import KBConfig
 from kb_builder.stats import kb_stats
-from tests.kb_builder.conftest import entity, kb_config, mention, write_jsonl
+from tests.kb_builder.helpers import entity, kb_config, mention, write_jsonl
 
 
 def _png(path, colour) -> None:

@@ -10,7 +10,7 @@ import pytest
 from kb_builder.build import MassDeleteError, build_kb
 from kb_builder.shards import read_entities, read_manifest
 from kb_builder.storage import Storage
-from tests.kb_builder.conftest import kb_config
+from tests.kb_builder.helpers import kb_config
 
 
 def _rejects(cfg, name="t") -> list[dict]:

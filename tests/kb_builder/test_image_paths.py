@@ -8,7 +8,7 @@ import json
 from kb_builder.build import build_kb
 from kb_builder.shards import read_entities, read_mentions
 from kb_builder.storage import Storage
-from tests.kb_builder.conftest import entity, kb_config, mention, write_jsonl
+from tests.kb_builder.helpers import entity, kb_config, mention, write_jsonl
 
 OUTSIDE = "image path outside the KB folder and the allowed image roots"
 

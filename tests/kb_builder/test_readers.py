@@ -13,7 +13,7 @@ from kb_builder.progress import Progress
 from kb_builder.readers import expand_inputs, read_batches
 from kb_builder.shards import read_manifest, read_mentions
 from kb_builder.storage import Storage
-from tests.kb_builder.conftest import entity, kb_config, mention, write_jsonl
+from tests.kb_builder.helpers import entity, kb_config, mention, write_jsonl
 
 
 def test_corrupt_parquet_is_one_reject_and_other_files_survive(tmp_path, local_storage):

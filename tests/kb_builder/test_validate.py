@@ -11,7 +11,7 @@ from kb_builder.build import build_kb
 from kb_builder.shards import read_entities, read_mentions
 from kb_builder.storage import Storage
 from kb_builder.validate import DuplicateIdError
-from tests.kb_builder.conftest import entity, kb_config, mention, write_jsonl
+from tests.kb_builder.helpers import entity, kb_config, mention, write_jsonl
 
 
 def _rejects(cfg, name="t") -> list[dict]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmoe.experts import SwitchMoE, load_balancing_loss
-from tests.mmoe.conftest import tiny_mmoe
+from tests.mmoe.helpers import tiny_mmoe
 
 
 def make_moe(seed: int = 0, **overrides) -> SwitchMoE:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmoe.losses import mmoe_loss
 from mmoe.metrics import exhaustive_ranks, gold_ranks, hits_and_mrr
 from mmoe.model import ScoreOutput
-from tests.mmoe.conftest import tiny_mmoe
+from tests.mmoe.helpers import tiny_mmoe
 
 
 def score_output(scores: torch.Tensor, aux: float | None = None) -> ScoreOutput:

@@ -8,7 +8,7 @@ import torch
 from mmoe.explain import expert_usage, modality_contributions
 from mmoe.model import CACHE_KEYS, select_rows
 from mmoe.pretrained import build_tiny_model
-from tests.mmoe.conftest import tiny_clip, tiny_mmoe
+from tests.mmoe.helpers import tiny_clip, tiny_mmoe
 
 B, N, L, D_MODEL, P, E = 6, 6, 17, 16, 32, 4
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from mmoe.config import MMoEConfig
 from mmoe.pretrained import build_from_clip, load_pretrained, save_pretrained
-from tests.mmoe.conftest import make_pairs, tiny_mmoe
+from tests.mmoe.helpers import make_pairs, tiny_mmoe
 
 
 def test_save_load_gives_identical_scores(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from mmoe.processor import SPECIAL_TOKENS, MMoEProcessor
 from mmoe.texts import entity_text, mention_text
-from tests.mmoe.conftest import random_image, tiny_clip
+from tests.mmoe.helpers import random_image, tiny_clip
 
 
 def test_text_templates():

@@ -7,7 +7,7 @@ import torch
 from mmoe.losses import mmoe_loss
 from mmoe.metrics import gold_ranks, hits_and_mrr
 from mmoe.pretrained import build_tiny_model
-from tests.mmoe.conftest import make_pairs, tiny_clip, tiny_mmoe
+from tests.mmoe.helpers import make_pairs, tiny_clip, tiny_mmoe
 
 
 def test_tiny_model_overfits_sixteen_pairs(corpus):

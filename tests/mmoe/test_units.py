@@ -8,7 +8,7 @@ import torch
 from mmoe.inter import CrossUnit
 from mmoe.intra import IntraUnit
 from mmoe.processor import SPECIAL_TOKENS
-from tests.mmoe.conftest import tiny_mmoe
+from tests.mmoe.helpers import tiny_mmoe
 
 
 def test_intra_unit_ignores_padding():

@@ -12,22 +12,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures import REPO, free_port
+from tests.fixtures import free_port, wait_until
+from tests.scale.helpers import RAY_AUTH_ENV, RAY_ENV, WORKER_RESOURCE
 
-WORKER_RESOURCE = "accelerator"  # the custom resource only the worker node has
 NODE_START_WAIT_S = 240.0  # readiness wait for both nodes to register (not an assertion on speed)
-# Ray 2.60 turns on token authentication for `ray start` clusters; this throwaway local cluster opts out so that
-# `mel` drivers and the state API client connect without a token file.
-RAY_AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
-RAY_ENV = {**RAY_AUTH_ENV, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
 
 
 @dataclass
@@ -107,6 +101,20 @@ def _leftover_pids(marker: str) -> list[int]:
     return pids
 
 
+def _wait_for_nodes(count: int, proc: subprocess.Popen, log: Path, dashboard_url: str) -> list:
+    """The alive nodes once `count` have registered; fails with the node's log if its process died."""
+
+    def alive():
+        if proc.poll() is not None:
+            raise RuntimeError(f"Ray node exited before registering:\n{log.read_text()[-3000:]}")
+        nodes = _alive_nodes(dashboard_url)
+        return nodes if len(nodes) >= count else None
+
+    return wait_until(
+        alive, timeout_s=NODE_START_WAIT_S, interval_s=1.0, what=f"{count} Ray nodes (log: {log})"
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Head (1 CPU, dashboard for the state API) + worker node (1 CPU, 1 GPU declared, {"accelerator": 1})."""
@@ -135,11 +143,7 @@ def ray_cluster():
     saved_env = {k: os.environ.get(k) for k in RAY_AUTH_ENV}
     os.environ.update(RAY_AUTH_ENV)  # for the state API client in this process
     try:
-        deadline = time.monotonic() + NODE_START_WAIT_S
-        while not _alive_nodes(dashboard_url):
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Ray head did not start:\n{logs[0].read_text()[-3000:]}")
-            time.sleep(1.0)
+        _wait_for_nodes(1, head, logs[0], dashboard_url)
         worker = _start_node(
             # num-gpus=1 on a host without GPUs: Ray only schedules by the declared number (a GPU node pool's
             # shape); torch still finds no CUDA device, so the actors run on CPU.
@@ -155,10 +159,7 @@ def ray_cluster():
             logs[1],
         )
         procs.append(worker)
-        while len(nodes := _alive_nodes(dashboard_url)) < 2:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Ray worker node did not join:\n{logs[1].read_text()[-3000:]}")
-            time.sleep(1.0)
+        nodes = _wait_for_nodes(2, worker, logs[1], dashboard_url)
         by_kind = {WORKER_RESOURCE in n.resources_total: n.node_id for n in nodes}
         yield RayCluster(address, dashboard_url, temp_dir, by_kind[False], by_kind[True], logs)
     finally:
@@ -176,17 +177,3 @@ def ray_cluster():
             else:
                 os.environ[key] = value
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def run_mel(args: list[str], cwd: Path, timeout_s: float = 900) -> subprocess.CompletedProcess:
-    """`mel <args>` in a fresh Python process (exactly what a user runs), output captured."""
-    env = {**os.environ, **RAY_ENV}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.scale.conftest import WORKER_RESOURCE, run_mel
+from tests.scale.helpers import WORKER_RESOURCE, run_mel
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.scale.conftest import run_mel
+from tests.scale.helpers import run_mel
 
 PREFIX = "scale/mel"  # a key prefix inside the bucket: storage.root = s3://<bucket>/scale/mel
 

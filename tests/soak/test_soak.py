@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.conftest import small_served_app
+from tests.faults.helpers import small_served_app
 
 APP, ROUTE = "mel-soak", "/soak"
 REQUESTS = int(os.environ.get("MEL_SOAK_REQUESTS", 20_000))
