@@ -66,10 +66,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     retrieve_k: int = 100  # ANN candidates per mention for the system protocol
-    batch_size: int = 64  # mentions per scoring tile (exhaustive: x entity_chunk pairs at once)
-    # records per no-grad forward pass when encoding for the system protocol (dev eval, `mel eval`): bigger
-    # batches amortise the per-call cost of the MoE routing (tiny model on 1 CPU thread: 64 -> 256 is ~1.3x)
-    encode_batch_size: int = 256
+    batch_size: int = 64
     entity_chunk: int = 4096  # entities scored at once in the exhaustive protocol
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
     dme_ablation: bool = True  # also report metrics with DME off

@@ -232,15 +232,7 @@ def dev_metrics(
     top_k = min(top_k or eval_cfg.retrieve_k, len(entity_rows))
     if protocol == "system":
         mine = system_ranks(
-            model,
-            builder,
-            dev_rows,
-            entity_rows,
-            eval_cfg.encode_batch_size,
-            top_k,
-            rank,
-            world,
-            Laps(timings),
+            model, builder, dev_rows, entity_rows, eval_cfg.batch_size, top_k, rank, world, Laps(timings)
         )
     else:
         entities = shared_entities(model, builder, entity_rows, eval_cfg.batch_size, rank, world)
