@@ -112,11 +112,12 @@ def test_driver_kill_9_then_rerun_writes_every_row_once(linked_kb, tmp_path):
         "--set",
         "ray.num_cpus=1",
     ]
+    log = open(tmp_path / "child.log", "wb")  # noqa: SIM115 - closed once the child is gone
     child = subprocess.Popen(
         [*argv, "link-batch", "--input", str(src), "--output", str(out)],
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,  # kept: if the child ends on its own, the assertion shows why
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -132,7 +133,11 @@ def test_driver_kill_9_then_rerun_writes_every_row_once(linked_kb, tmp_path):
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=120)
-    assert child.returncode == -signal.SIGKILL, "the driver finished before it could be killed"
+        log.close()
+    assert child.returncode == -signal.SIGKILL, (
+        f"the driver ended (exit {child.returncode}) before it could be killed:\n"
+        + (tmp_path / "child.log").read_text(errors="replace")[-3000:]
+    )
     done = len(_done_parts(out))
     parts = -(-len(rows) // cfg.batch.rows_per_part)
     assert 1 <= done < parts

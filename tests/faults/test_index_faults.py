@@ -112,11 +112,12 @@ def test_driver_kill_9_mid_run_then_rerun_resumes_exactly(tmp_path, ray_session)
     argv = [sys.executable, "-m", "cluster.cli"] + [
         a for s in overrides(tmp_path, sets) for a in ("--set", s)
     ]
+    log = open(tmp_path / "child.log", "wb")  # noqa: SIM115 - closed once the child is gone
     child = subprocess.Popen(
         argv + ["index"],
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,  # kept: if the child ends on its own, the assertion shows why
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -132,7 +133,11 @@ def test_driver_kill_9_mid_run_then_rerun_resumes_exactly(tmp_path, ray_session)
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=120)
-    assert child.returncode == -signal.SIGKILL, "the driver finished before it could be killed"
+        log.close()
+    assert child.returncode == -signal.SIGKILL, (
+        f"the driver ended (exit {child.returncode}) before it could be killed:\n"
+        + (tmp_path / "child.log").read_text(errors="replace")[-3000:]
+    )
     time.sleep(1.0)  # let the killed Lite server's file lock go (the kernel drops it with the process)
     done, complete = done_shards(root)
     assert 1 <= len(done) < 12 and not complete
