@@ -78,6 +78,12 @@ def is_lite(uri: str) -> bool:
     return str(uri).endswith(".db") and "://" not in str(uri)
 
 
+def indexed_uri(uri: str) -> str:
+    """`uri`, or "" for a Milvus Lite file that does not exist yet: nothing is indexed, so callers fall back to
+    names alone, and opening it would create an empty database."""
+    return "" if is_lite(uri) and not Path(uri).expanduser().exists() else uri
+
+
 def lite_index_types() -> set[str]:
     """Index types this Milvus Lite build can really construct (faiss-backed ones need faiss-cpu)."""
     try:

@@ -187,14 +187,12 @@ def _shared_milvus_uri(cfg):
     from pathlib import Path
 
     from cluster.config import milvus_uri
-    from workers.milvus_store import is_lite
+    from workers.milvus_store import indexed_uri, is_lite
 
-    uri = milvus_uri(cfg)
-    if not is_lite(uri):
+    uri = indexed_uri(milvus_uri(cfg))
+    if not uri or not is_lite(uri):
         return uri, _nothing
     path = str(Path(uri).expanduser().resolve())
-    if not Path(path).exists():
-        return "", _nothing  # nothing indexed yet: names only (and no empty database created)
     from milvus_lite.server_manager import server_manager_instance
 
     started_here = path not in getattr(server_manager_instance, "_servers", {})

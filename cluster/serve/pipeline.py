@@ -175,12 +175,9 @@ def mention_texts(cfg, model_dir: str | Path):
     """Per-request mention text as the served model was trained (DME on or off, its selector)."""
     from cluster.config import milvus_uri
     from cluster.dme.enhance import MentionTexts
-    from workers.milvus_store import is_lite
+    from workers.milvus_store import indexed_uri
 
-    uri = milvus_uri(cfg)
-    if is_lite(uri) and not Path(uri).expanduser().exists():
-        uri = ""  # nothing indexed yet: candidates from names only (and no empty database created)
-    return MentionTexts.for_model(cfg, model_dir, uri)
+    return MentionTexts.for_model(cfg, model_dir, indexed_uri(milvus_uri(cfg)))
 
 
 class MentionEncoder:
