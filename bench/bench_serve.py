@@ -12,6 +12,12 @@ of issue 19 beside their goals, all measured in this one run. Everything stays o
     python3 bench/bench_serve.py [--requests 64] [--levels 1,8,32] [--entities 120,10000,100000]
                                  [--layouts single,split] [--set section.key=value ...]
 
+`--kb-milvus server` runs the KB-size sweep on the embedded Milvus 2.3.5 server (PyPI `milvus`) instead of
+the Lite file; serve it as a deployment would, with Bounded consistency (Strong waits for the server's next
+time tick, ~200 ms a search):
+
+    python3 bench/bench_serve.py --entities 120,100000 --kb-milvus server --set milvus.consistency_level=Bounded
+
 `http` in the stage table is the client's time minus the server's `total` (loopback HTTP + Serve's proxy);
 `*_wait` is queue wait plus the hop to a deployment.
 
@@ -435,8 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg.milvus.search_params = {"ef": max(64, cfg.serve.retrieve_k), **search_params}
         print(
             f"latency vs KB size (Milvus {args.kb_milvus}, {index['type']} {index['params']}, "
-            f"search {cfg.milvus.search_params}):"
+            f"search {cfg.milvus.search_params}, consistency {cfg.milvus.consistency_level}):"
         )
+        if args.kb_milvus == "server" and cfg.milvus.consistency_level == "Strong":
+            print("  note: Strong waits for the server's time tick; --set milvus.consistency_level=Bounded")
         kb = bench_kb_sizes(cfg, bodies, base, sizes, index, args.requests, args.kb_milvus, root)
         cfg.milvus.search_params = search_params  # the HTTP runs below search the base (FLAT) collection
     for n, r in kb.items():
@@ -469,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if kb:
         print(
-            "latency vs KB size (in-process, conc 1): "
+            f"latency vs KB size (in-process, conc 1, Milvus {args.kb_milvus}, "
+            f"{cfg.milvus.consistency_level}): "
             + ", ".join(f"{n}: p50 {r['p50']:.1f} ms" for n, r in kb.items())
         )
     print_results(results, kb, layouts, levels, default if default in layouts or not layouts else layouts[0])

@@ -27,6 +27,7 @@ import io
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -305,21 +306,51 @@ def import_shard(store: MilvusStore, collection: str, storage: Storage, batch, n
     return report
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _own_etcd_ports(config) -> None:
+    """Give the server's embedded etcd its configured client port (`etcd_port`) and a free peer port.
+
+    The package writes `etcd_port` into milvus.yaml's endpoints only; the embedded etcd itself listens on etcd's
+    defaults (2379, peer 2380) unless `etcd.config.path` names an etcd config file. A second embedded server on
+    the machine (another test session, a benchmark) then fails with "bind: address already in use" and the
+    package reports it only as a 180 s start-up timeout."""
+    write_milvus_yaml = config.write_config
+
+    def write_config() -> None:
+        write_milvus_yaml()
+        configs = Path(config.base_data_dir) / "configs"
+        client, peer = f"http://127.0.0.1:{config.get('etcd_port')}", f"http://127.0.0.1:{_free_port()}"
+        etcd_yaml = configs / "etcd.yaml"
+        etcd_yaml.write_text(
+            f"name: default\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
+            f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\ninitial-cluster: default={peer}\n"
+        )
+        milvus_yaml = configs / "milvus.yaml"
+        text = milvus_yaml.read_text()
+        milvus_yaml.write_text(text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1))
+
+    config.write_config = write_config
+
+
 def start_embedded_server(base_dir: str, port: int = 0):
     """Start the embedded Milvus 2.3 standalone server (PyPI `milvus`, a dev/test dependency) with its data under
     `base_dir`, on `port` (0 = a free one); -> (server, uri, local_storage_dir). Stop it with server.stop().
-    It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir)."""
-    import socket
-
+    It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir). Several can run
+    on one machine at once (each has its own etcd ports)."""
     from milvus import MilvusServer
 
-    if not port:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
     server = MilvusServer()
     server.set_base_dir(str(base_dir))
-    server.config.update(proxy_port=port)
+    # etcd's own 2379 stays free for servers started without this (see _own_etcd_ports)
+    server.config.update(proxy_port=port or _free_port(), etcd_port=_free_port())
+    _own_etcd_ports(server.config)
     try:
         server.start()
     except BaseException:
