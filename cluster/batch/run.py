@@ -135,9 +135,10 @@ def _link_pending(
     ctx.enable_progress_bars = False
     expected = dict(pending.group_by(PART_ID).len().iter_rows())
     # One block per actor call: each call gets a whole batch_size batch without Ray Data re-slicing blocks.
-    ds = ray.data.from_arrow(
-        pending.to_arrow(), override_num_blocks=max(1, -(-pending.height // b.batch_size))
-    )
+    # from_blocks computes block metadata here; from_arrow runs a Ray task per block for it (worker processes
+    # to start, seconds before the first batch).
+    table = pending.to_arrow()
+    ds = ray.data.from_blocks([table.slice(i, b.batch_size) for i in range(0, table.num_rows, b.batch_size)])
     ds = ds.map_batches(
         LinkActor,
         fn_constructor_args=(
