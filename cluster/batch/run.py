@@ -150,7 +150,11 @@ def _link_pending(
         batch_size=b.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=b.actors),
+        compute=ray.data.ActorPoolStrategy(
+            size=b.actors,
+            max_concurrent_calls_per_actor=b.calls_per_actor,
+            enable_true_multi_threading=b.calls_per_actor > 1,  # LinkActor locks its own compute
+        ),
         num_cpus=b.num_cpus_per_actor,
         num_gpus=b.num_gpus_per_actor,
     )
