@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,13 +178,17 @@ class MentionEncoder:
         self.model, self.processor = load_pretrained(str(model_dir), device=device)
         self.model.eval()
         self.autocast = autocast_dtype(dtype, torch.device(device))  # bf16 on GPU with "auto", None on CPU
+        # A fast tokenizer sets padding/truncation on its shared Rust object per call: concurrent calls (threads
+        # of Linker.link_queries, a batch actor's concurrent calls) fail with "Already borrowed" without this.
+        self._tokenize = threading.Lock()
 
     @torch.inference_mode()
     def encode(self, queries: list[MentionQuery]) -> list[EncodedMention]:
         start = time.perf_counter()
         built = self.texts.build([(q.mention, q.context) for q in queries])
         dme_ms = (time.perf_counter() - start) * 1000 if self.texts.enabled else 0.0
-        batch = self.processor([b.text for b in built], [q.image for q in queries])
+        with self._tokenize:
+            batch = self.processor([b.text for b in built], [q.image for q in queries])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         explain = any(q.explain for q in queries)
         with torch.autocast(
