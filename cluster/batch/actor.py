@@ -3,15 +3,13 @@
 It composes serving's plain classes (cluster.serve.pipeline) and `assemble` with the model's calibration, so a
 row's answer (ids, scores, confidence, NIL) is the one `/link` gives. The whole batch goes through one encode,
 one ANN search (no per-query filters in batch mode) and one rerank; the rows stay columns (no per-row dicts).
-With `batch.calls_per_actor` > 1, Ray Data runs that many calls at once in one actor: a lock lets one call
-compute (images, encode, rerank) while another waits on its Milvus search, which runs in another process.
+With `batch.calls_per_actor` > 1, Ray Data runs that many calls at once in one actor, on threads: one call
+computes (torch and image decoding release the GIL) while another waits on its Milvus search.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +32,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("encode_ms", pa.float64()),  # per batch, as /link's timings_ms
         ("retrieve_ms", pa.float64()),
         ("rerank_ms", pa.float64()),
-        ("batch_ms", pa.float64()),  # per batch: the actor call less its waits for another call's compute
+        ("batch_ms", pa.float64()),  # per batch: the whole actor call (the rest is assembling the answers)
         ("batch_rows", pa.int32()),  # rows in that batch (a stage's time per row = its ms / batch_rows)
         ("reject_reason", pa.string()),  # set: the row is a reject (unreadable image), not an answer
         ("_part", pa.int64()),  # the output part the row belongs to (passed through for the driver)
@@ -63,21 +61,16 @@ class LinkActor:
         self.top_k, self.retrieve_k = cfg.batch.top_k, max(cfg.serve.retrieve_k, cfg.batch.top_k)
         self.threshold, self.tag = threshold, tag
         self.calibration = read_calibration(model_dir)  # as Linker.from_config: confidences equal /link's
-        self._compute = threading.Lock()  # held for CPU work, released while this call waits on Milvus
-
-    @contextmanager
-    def _turn(self, waited: list[float]):
-        """Hold the compute lock, adding the time spent waiting for it to `waited[0]`."""
-        asked = time.perf_counter()
-        with self._compute:
-            waited[0] += time.perf_counter() - asked
-            yield
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from cluster.serve.guard import ensure_indexed_by
         from cluster.serve.pipeline import MentionQuery, assemble
 
         start, n = time.perf_counter(), batch.num_rows
+        mentions, contexts = batch["mention"].to_pylist(), batch["context"].to_pylist()
+        loaded = [self.images.load(uri) for uri in batch["image_uri"].to_pylist()]
+        image_ms = (time.perf_counter() - start) * 1000
+        live = [i for i, (_, error) in enumerate(loaded) if error is None]
         cols = {
             "entity_ids": [[] for _ in range(n)],
             "names": [[] for _ in range(n)],
@@ -87,31 +80,24 @@ class LinkActor:
             "collection": [None] * n,
         }
         ms = {"encode": None, "retrieve": None, "rerank": None}
-        waited = [0.0]  # seconds this call waited for another call's compute: not its own time
-        with self._turn(waited):
-            mentions, contexts = batch["mention"].to_pylist(), batch["context"].to_pylist()
-            loaded = [self.images.load(uri) for uri in batch["image_uri"].to_pylist()]
-            image_ms = (time.perf_counter() - start - waited[0]) * 1000
-            live = [i for i, (_, error) in enumerate(loaded) if error is None]
-            queries = [MentionQuery(mentions[i], contexts[i] or "", loaded[i][0], self.top_k) for i in live]
-            encoded = self.encoder.encode(queries) if live else []
         if live:
+            queries = [MentionQuery(mentions[i], contexts[i] or "", loaded[i][0], self.top_k) for i in live]
+            encoded = self.encoder.encode(queries)
             retrieved = self.retriever.retrieve(np.stack([e.vector for e in encoded]), self.retrieve_k)
             for collection in {r.collection for r in retrieved}:
                 ensure_indexed_by(collection, self.tag)
-            with self._turn(waited):
-                ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
-                for i, q, e, r, rr in zip(live, queries, encoded, retrieved, ranked):
-                    answer = assemble(q, e, r, rr, self.threshold, self.calibration)
-                    cands = answer["candidates"]
-                    cols["entity_ids"][i] = [c["entity_id"] for c in cands]
-                    cols["names"][i] = [c["name"] for c in cands]
-                    cols["scores"][i] = [c["score"] for c in cands]
-                    cols["confidence"][i] = cands[0]["confidence"] if cands else None
-                    cols["nil"][i], cols["collection"][i] = answer["nil"], answer["collection"]
+            ranked = self.reranker.rerank(list(zip(encoded, retrieved)))
+            for i, q, e, r, rr in zip(live, queries, encoded, retrieved, ranked):
+                answer = assemble(q, e, r, rr, self.threshold, self.calibration)
+                cands = answer["candidates"]
+                cols["entity_ids"][i] = [c["entity_id"] for c in cands]
+                cols["names"][i] = [c["name"] for c in cands]
+                cols["scores"][i] = [c["score"] for c in cands]
+                cols["confidence"][i] = cands[0]["confidence"] if cands else None
+                cols["nil"][i], cols["collection"][i] = answer["nil"], answer["collection"]
             ms = answer["timings_ms"]  # encode, retrieve and rerank ran once for the whole batch
         timings = {"image_ms": image_ms, **{f"{k}_ms": v for k, v in ms.items()}}
-        timings["batch_ms"] = (time.perf_counter() - start - waited[0]) * 1000
+        timings["batch_ms"] = (time.perf_counter() - start) * 1000
         arrays = {name: batch[name].cast(OUTPUT_SCHEMA.field(name).type) for name in PASS_THROUGH}
         arrays["reject_reason"] = pa.array([error for _, error in loaded], pa.string())
         arrays.update({k: pa.array(v, OUTPUT_SCHEMA.field(k).type) for k, v in cols.items()})
