@@ -132,8 +132,9 @@ def main() -> int:
     )
     st = report.stages
     print(
-        f"link-batch time: setup {st.setup_s:.1f} s, read {st.read_s:.1f} s, start-up (Ray Data + actors) "
-        f"{st.startup_s:.1f} s, linking {st.link_s:.1f} s, summary {st.summary_s:.1f} s; actor time per row: "
+        f"link-batch time: setup {st.setup_s:.1f} s, read {st.read_s:.1f} s, plan (Ray Data dataset) "
+        f"{st.plan_s:.1f} s, start-up (Ray Data executor + actor start and model load) {st.startup_s:.1f} s, "
+        f"linking {st.link_s:.1f} s, summary {st.summary_s:.1f} s; actor time per row: "
         + ", ".join(
             f"{name} {seconds / max(report.linked_this_run, 1) * 1000:.2f} ms"
             for name, seconds in (

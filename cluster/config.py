@@ -140,6 +140,7 @@ class BatchConfig:
     batch_size: int = 64  # mentions per map_batches call (one encode, one ANN search, one rerank)
     rows_per_part: int = 10_000  # rows per output Parquet part, the unit a re-run skips when done
     top_k: int = 10  # candidates written per mention (serve.retrieve_k are reranked, as /link)
+    calls_per_actor: int = 2  # batches in one actor at once, on threads: compute overlaps Milvus searches
 
 
 @dataclass

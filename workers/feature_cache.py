@@ -110,18 +110,20 @@ class FeatureCache:
     def _open(self) -> None:
         if self._index is not None:
             return
-        self._shards, self._index = {}, {}
+        shards: dict[str, _Shard] = {}
+        index: dict[str, tuple[str, int]] = {}
         for name in self.shard_names():
             path = self.storage.local_path(self.uri(name))
             meta = _read_header(path)[0].get("__metadata__", {})
             shard = _Shard(
                 str(path), json.loads(meta.get("ids", "[]")), json.loads(meta.get("deleted", "[]"))
             )
-            self._shards[name] = shard
+            shards[name] = shard
             for eid in shard.deleted:
-                self._index.pop(eid, None)
+                index.pop(eid, None)
             for row, eid in enumerate(shard.ids):
-                self._index[eid] = (name, row)
+                index[eid] = (name, row)
+        self._shards, self._index = shards, index  # set complete: a concurrent reader never sees half of it
 
     def has_key(self, key: str) -> bool:
         """Whether every file holds the array `key` (e.g. `vector`, written by indexes since issue 19)."""

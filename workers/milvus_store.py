@@ -109,6 +109,18 @@ def hit_id(hit) -> str:
     return str(hit["entity"]["entity_id"])
 
 
+def _hits(q, with_vectors: bool) -> list[Hit]:
+    """One query's hits from pymilvus's id and distance columns (its `HybridHits`); per hit only the entity
+    dict is read, past pymilvus's `Hit.__getitem__` (a try/except per key): this runs for every candidate."""
+    if with_vectors:
+        q.materialize()  # decode the vectors into the entity dicts (pymilvus does it lazily)
+    entities = [dict.__getitem__(h, "entity") for h in list.__iter__(q)]
+    return [
+        Hit(str(i), float(d), e.get("name", ""), e.get("vector"))
+        for i, d, e in zip(q.ids, q.distances, entities)
+    ]
+
+
 class MilvusStore:
     """MilvusClient wrapper with the project's schema, alias swap and exact counts."""
 
@@ -294,13 +306,7 @@ class MilvusStore:
             search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
             consistency_level=self.cfg.consistency_level,
         )
-        return [
-            [
-                Hit(hit_id(h), float(h["distance"]), h["entity"].get("name", ""), h["entity"].get("vector"))
-                for h in q
-            ]
-            for q in res
-        ]
+        return [_hits(q, with_vectors) for q in res]
 
     # -- alias ----------------------------------------------------------------------------------------------
     def current_collection(self) -> str | None:

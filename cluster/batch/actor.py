@@ -3,6 +3,8 @@
 It composes serving's plain classes (cluster.serve.pipeline) and `assemble` with the model's calibration, so a
 row's answer (ids, scores, confidence, NIL) is the one `/link` gives. The whole batch goes through one encode,
 one ANN search (no per-query filters in batch mode) and one rerank; the rows stay columns (no per-row dicts).
+With `batch.calls_per_actor` > 1, Ray Data runs that many calls at once in one actor, on threads: one call
+computes (torch and image decoding release the GIL) while another waits on its Milvus search.
 """
 
 from __future__ import annotations

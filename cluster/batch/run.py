@@ -28,7 +28,8 @@ class StageTimes:
 
     setup_s: float = 0.0  # imports, Ray and the Milvus Lite server (when not already up)
     read_s: float = 0.0  # read + validate the input, find the parts already done
-    startup_s: float = 0.0  # Ray Data planning + actor start (model load) until the first batch ran
+    plan_s: float = 0.0  # Ray Data imports, the dataset of the pending rows (one block per batch), the plan
+    startup_s: float = 0.0  # execution start: Ray Data's helper actors, the actor's process and model load
     link_s: float = 0.0  # first batch start -> last batch back (the steady part of the run)
     image_s: float = 0.0  # actor: image reads and decodes
     encode_s: float = 0.0  # actor: MentionEncoder
@@ -68,7 +69,7 @@ class BatchReport:
     linked_this_run: int = 0
     elapsed_s: float = 0.0
     rows_per_s: float = 0.0  # rows linked by this run / its wall time (end to end)
-    steady_rows_per_s: float = 0.0  # rows linked by this run / (wall time - setup, read and actor start-up)
+    steady_rows_per_s: float = 0.0  # rows linked by this run / (wall time - setup, read, plan and start-up)
     stages: StageTimes = field(default_factory=StageTimes)
     gold_rows: int = 0
     hits: dict[str, float] = field(default_factory=dict)  # "hits@k" -> fraction, over rows with a gold id
@@ -135,9 +136,10 @@ def _link_pending(
     ctx.enable_progress_bars = False
     expected = dict(pending.group_by(PART_ID).len().iter_rows())
     # One block per actor call: each call gets a whole batch_size batch without Ray Data re-slicing blocks.
-    ds = ray.data.from_arrow(
-        pending.to_arrow(), override_num_blocks=max(1, -(-pending.height // b.batch_size))
-    )
+    # from_blocks computes block metadata here; from_arrow runs a Ray task per block for it (worker processes
+    # to start, seconds before the first batch).
+    table = pending.to_arrow()
+    ds = ray.data.from_blocks([table.slice(i, b.batch_size) for i in range(0, table.num_rows, b.batch_size)])
     ds = ds.map_batches(
         LinkActor,
         fn_constructor_args=(
@@ -149,15 +151,20 @@ def _link_pending(
         batch_size=b.batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=b.actors),
+        compute=ray.data.ActorPoolStrategy(
+            size=b.actors,
+            max_concurrent_calls_per_actor=b.calls_per_actor,
+            enable_true_multi_threading=b.calls_per_actor > 1,  # LinkActor locks its own compute
+        ),
         num_cpus=b.num_cpus_per_actor,
         num_gpus=b.num_gpus_per_actor,
     )
+    stages.plan_s = time.monotonic() - start
     meter, held, got = Progress("link-batch", total=pending.height, enabled=progress), {}, {}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # blocks, in input order
         frame = pl.from_arrow(batch)
         if not stages.batches:  # the first call's own time is link time, the wait before it is start-up
-            stages.startup_s = time.monotonic() - start - frame["batch_ms"][0] / 1000
+            stages.startup_s = time.monotonic() - start - stages.plan_s - frame["batch_ms"][0] / 1000
         stages.add_rows(frame)
         meter.update(frame.height, None)
         for (index,), rows in frame.partition_by(PART_ID, as_dict=True, maintain_order=True).items():
@@ -168,7 +175,7 @@ def _link_pending(
                 _finish_part(storage, output, index, pl.concat(held.pop(index)).drop(PART_ID))
                 stages.write_s += time.monotonic() - written
     meter.done()
-    stages.link_s = time.monotonic() - start - stages.startup_s
+    stages.link_s = time.monotonic() - start - stages.plan_s - stages.startup_s
 
 
 def _finish_part(storage, output: str, index: int, rows: pl.DataFrame) -> None:
@@ -240,7 +247,7 @@ def run_link_batch(cfg, inputs: list[str], output: str, progress: bool = True) -
     stages.summary_s = time.monotonic() - summary_start
     report.elapsed_s = time.monotonic() - start
     report.rows_per_s = report.linked_this_run / max(report.elapsed_s, 1e-9)
-    steady_s = report.elapsed_s - stages.setup_s - stages.read_s - stages.startup_s
+    steady_s = report.elapsed_s - stages.setup_s - stages.read_s - stages.plan_s - stages.startup_s
     report.steady_rows_per_s = report.linked_this_run / max(steady_s, 1e-9)
     storage.write_bytes(_join(output, "summary.json"), json.dumps(asdict(report), indent=1).encode())
     return report

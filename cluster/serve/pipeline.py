@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,27 +113,6 @@ def gate_summary(feats: Any, i: int) -> dict[str, dict[str, list[float]]]:
     }
 
 
-def pad_candidates(vectors: list[np.ndarray], caches: list[dict], device: str):
-    """Per-mention candidate sets of different sizes -> [B, K, ...] tensors plus a [B, K] validity mask.
-
-    Padding repeats a mention's first candidate (finite features, no NaN) and is masked out of the ranking.
-    """
-    k_max = max(len(v) for v in vectors)
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        t = t.float() if t.is_floating_point() else t  # the cache may be stored in fp16
-        if len(t) == k_max:
-            return t
-        return torch.cat([t, t[:1].expand(k_max - len(t), *t.shape[1:])])
-
-    vecs = torch.stack([pad(torch.tensor(np.asarray(v))) for v in vectors]).to(device)  # [B, K, D], a copy
-    cache = {key: torch.stack([pad(c[key]) for c in caches]).to(device) for key in caches[0]}  # [B, K, ...]
-    mask = torch.zeros(len(vectors), k_max, dtype=torch.bool)
-    for b, v in enumerate(vectors):
-        mask[b, : len(v)] = True
-    return vecs, cache, mask
-
-
 @dataclass
 class MentionQuery:
     """One validated request item; `image` is already decoded (PIL RGB) or None."""
@@ -195,13 +175,17 @@ class MentionEncoder:
         self.model, self.processor = load_pretrained(str(model_dir), device=device)
         self.model.eval()
         self.autocast = autocast_dtype(dtype, torch.device(device))  # bf16 on GPU with "auto", None on CPU
+        # A fast tokenizer sets padding/truncation on its shared Rust object per call: concurrent calls (threads
+        # of Linker.link_queries, a batch actor's concurrent calls) fail with "Already borrowed" without this.
+        self._tokenize = threading.Lock()
 
     @torch.inference_mode()
     def encode(self, queries: list[MentionQuery]) -> list[EncodedMention]:
         start = time.perf_counter()
         built = self.texts.build([(q.mention, q.context) for q in queries])
         dme_ms = (time.perf_counter() - start) * 1000 if self.texts.enabled else 0.0
-        batch = self.processor([b.text for b in built], [q.image for q in queries])
+        with self._tokenize:
+            batch = self.processor([b.text for b in built], [q.image for q in queries])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         explain = any(q.explain for q in queries)
         with torch.autocast(
@@ -415,6 +399,39 @@ class Reranker:
             self._caches.pop(collection, None)
             return self._cache(collection).load(ids)
 
+    def _candidates(self, rets: list[Retrieved]):
+        """The mentions' candidates as [B, K, ...] tensors: u_e, the cached features, and a [B, K] validity mask.
+
+        One feature-cache load per collection (one, but for an alias swap mid-batch) fills the whole batch, so
+        no per-mention loads or stacking. Padding repeats a mention's first candidate (finite features, no NaN)
+        and is masked out of the ranking.
+        """
+        k_max = max(len(r.ids) for r in rets)
+        groups: dict[str, list[int]] = {}
+        for b, r in enumerate(rets):
+            groups.setdefault(r.collection, []).append(b)
+        parts = []
+        for collection, rows in groups.items():
+            ids = [e for b in rows for e in rets[b].ids + rets[b].ids[:1] * (k_max - len(rets[b].ids))]
+            part = {  # [G*K, ...] -> [G, K, ...] in float32 (the cache may be stored in fp16)
+                key: (t.float() if t.is_floating_point() else t).reshape(len(rows), k_max, *t.shape[1:])
+                for key, t in self._load(collection, ids).items()
+            }
+            if "vector" not in part:  # an index whose cache lacks u_e: they came with the hits (fp32)
+                vecs = [np.asarray(rets[b].vectors) for b in rows]
+                part["vector"] = torch.from_numpy(
+                    np.stack([np.concatenate([v, v[:1].repeat(k_max - len(v), 0)]) for v in vecs])
+                )
+            parts.append(part)
+        if len(parts) == 1:
+            merged = parts[0]
+        else:  # back to the mentions' order
+            back = torch.argsort(torch.tensor([b for rows in groups.values() for b in rows]))
+            merged = {key: torch.cat([p[key] for p in parts])[back] for key in parts[0]}
+        vectors = merged.pop("vector").to(self.device)
+        mask = torch.arange(k_max)[None, :] < torch.tensor([len(r.ids) for r in rets])[:, None]
+        return vectors, {key: t.to(self.device) for key, t in merged.items()}, mask
+
     @torch.inference_mode()
     def rerank(self, items: list[tuple[EncodedMention, Retrieved]]) -> list[dict]:
         """-> per item {order, scores, units, ms, fetch_ms}: candidates sorted by the full score, best first."""
@@ -424,15 +441,10 @@ class Reranker:
         for i in set(range(len(items))) - set(live):
             out[i] = {"order": [], "scores": [], "units": [], "ms": 0.0, "fetch_ms": 0.0}
         if live:
-            caches = [self._load(items[i][1].collection, items[i][1].ids) for i in live]
-            cand_vectors = [  # u_e: from the feature cache (fp32, as Milvus holds it), else from the search
-                c.pop("vector").numpy() if "vector" in c else items[i][1].vectors
-                for i, c in zip(live, caches)
-            ]
+            vectors, cache, mask = self._candidates([items[i][1] for i in live])
             fetch_ms = (time.perf_counter() - start) * 1000  # the candidates' cached features and vectors
             start = time.perf_counter()
             mentions = stack_sides([items[i][0].features for i in live], self.device)
-            vectors, cache, mask = pad_candidates(cand_vectors, caches, self.device)
             scored = self.model.score_candidates(mentions, vectors, cache)
             scores = scored.scores.float().masked_fill(~mask, float("-inf")).cpu()
             units = torch.stack([scored.text, scored.image, scored.cross], dim=-1).float().cpu()
@@ -444,7 +456,7 @@ class Reranker:
                     "order": order,
                     "scores": scores[row, order].tolist(),
                     "units": units[row, order].tolist(),
-                    "ms": ms,  # forward: stack, pad and score
+                    "ms": ms,  # forward: stack and score
                     "fetch_ms": fetch_ms,
                 }
         return out
