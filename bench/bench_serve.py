@@ -13,10 +13,10 @@ of issue 19 beside their goals, all measured in this one run. Everything stays o
                                  [--layouts single,split] [--set section.key=value ...]
 
 `--kb-milvus server` runs the KB-size sweep on the embedded Milvus 2.3.5 server (PyPI `milvus`) instead of
-the Lite file; serve it as a deployment would, with Bounded consistency (Strong waits for the server's next
+the Lite file; searches use `serve.consistency_level` (default Bounded; Strong waits for the server's next
 time tick, ~200 ms a search):
 
-    python3 bench/bench_serve.py --entities 120,100000 --kb-milvus server --set milvus.consistency_level=Bounded
+    python3 bench/bench_serve.py --entities 120,100000 --kb-milvus server
 
 `http` in the stage table is the client's time minus the server's `total` (loopback HTTP + Serve's proxy);
 `*_wait` is queue wait plus the hop to a deployment.
@@ -441,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg.milvus.search_params = {"ef": max(64, cfg.serve.retrieve_k), **search_params}
         print(
             f"latency vs KB size (Milvus {args.kb_milvus}, {index['type']} {index['params']}, "
-            f"search {cfg.milvus.search_params}, consistency {cfg.milvus.consistency_level}):"
+            f"search {cfg.milvus.search_params}, consistency {cfg.serve.consistency_level}):"
         )
-        if args.kb_milvus == "server" and cfg.milvus.consistency_level == "Strong":
-            print("  note: Strong waits for the server's time tick; --set milvus.consistency_level=Bounded")
+        if args.kb_milvus == "server" and cfg.serve.consistency_level == "Strong":
+            print("  note: Strong waits for the server's time tick; --set serve.consistency_level=Bounded")
         kb = bench_kb_sizes(cfg, bodies, base, sizes, index, args.requests, args.kb_milvus, root)
         cfg.milvus.search_params = search_params  # the HTTP runs below search the base (FLAT) collection
     for n, r in kb.items():
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if kb:
         print(
             f"latency vs KB size (in-process, conc 1, Milvus {args.kb_milvus}, "
-            f"{cfg.milvus.consistency_level}): "
+            f"{cfg.serve.consistency_level}): "
             + ", ".join(f"{n}: p50 {r['p50']:.1f} ms" for n, r in kb.items())
         )
     print_results(results, kb, layouts, levels, default if default in layouts or not layouts else layouts[0])

@@ -48,8 +48,8 @@ class MilvusConfig:
     )  # e.g. {nlist: 1024} or {M: 16, efConstruction: 200}
     search_params: dict[str, int] = field(default_factory=dict)  # e.g. {nprobe: 16} or {ef: 128}
     metric: str = "IP"  # the MMoE score is an inner product (reference section 2)
-    # of searches (serving, evaluation): Strong | Bounded | Session | Eventually. On a server Strong waits
-    # for the next time tick (~200 ms a search on 2.3.5): serve with Bounded. Lite: all act as Strong
+    # of the jobs' searches (evaluation, DME, negatives): Strong | Bounded | Session | Eventually; serving
+    # has its own (serve.consistency_level, Bounded). On a server Strong waits for the next time tick.
     consistency_level: str = "Strong"
     insert_batch_size: int = 1000
     # upsert | bulk_import (full builds on a server: Parquet files + Import, then wait)
