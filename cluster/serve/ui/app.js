@@ -200,11 +200,14 @@ $("link-form").addEventListener("submit", async (e) => {
 });
 
 // -- KB browser ----------------------------------------------------------------------------------------------
+let browseSeq = 0;  // answers can arrive out of order (the first listing vs a search typed meanwhile)
 async function browse(offset) {
+  const seq = ++browseSeq;
   const form = $("browse-form"); clearErrors(form);
   const limit = parseInt($("limit").value, 10) || 20;
   const params = new URLSearchParams({ q: $("q").value, offset: String(offset), limit: String(limit) });
   const r = await api("/entities?" + params, {});
+  if (seq !== browseSeq) return;  // a newer search was sent: only its answer is shown
   if (!r.ok) { showError(r.status, r.body, "err-browse"); return; }
   const page = r.body;
   state.browseOffset = page.offset; state.browseTotal = page.total;

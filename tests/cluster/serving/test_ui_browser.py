@@ -113,10 +113,19 @@ def test_entity_page_opens_from_a_candidate_and_from_the_kb_browser(served_kb, b
     query = browser.find_element("id", "q")
     query.send_keys(entity["name"])
     query.submit()
-    wait_until(lambda: entity["entity_id"] in _text(browser, "browse-list"), what="the search result")
-    browser.find_element(
-        "css selector", f'#browse-list li[data-entity-id="{entity["entity_id"]}"] a.open'
-    ).click()
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    result = f'#browse-list li[data-entity-id="{entity["entity_id"]}"] a.open'
+
+    def open_result() -> bool:
+        """The first listing of #browse may show the entity too, then be replaced by the search's answer."""
+        try:
+            browser.find_element("css selector", result).click()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    wait_until(open_result, what="the search result")
     wait_until(lambda: _text(browser, "entity-id") == entity["entity_id"], what="the entity page")
     assert _text(browser, "entity-description") == entity["description"]
     browser.get(f"{served_kb.url}/ui/#browse")
