@@ -101,12 +101,12 @@ class PinnedBackend:
 
 
 def pinned_client(backend: PinnedBackend):
-    """An httpx client whose connections go through `backend` (httpx has no public hook for the backend)."""
-    import httpcore
+    """An httpx client whose connections go through `backend`. httpx has no public hook for the backend, so the
+    transport's own pool gets it (one SSL context, the transport's, not a second one per fetch)."""
     import httpx
 
     transport = httpx.HTTPTransport()
-    transport._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), network_backend=backend)
+    transport._pool._network_backend = backend
     return httpx.Client(transport=transport, follow_redirects=False)
 
 
