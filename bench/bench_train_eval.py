@@ -16,6 +16,7 @@ timed whole; both are divided by the worker count (a perfect split). Goals: syst
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
         )
         timings["total"], timings["cpu"] = time.perf_counter() - start, time.process_time() - cpu
         (out_dir / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "timings": timings}))
+        torch.distributed.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     finally:
         torch.distributed.destroy_process_group()
 
@@ -140,6 +142,9 @@ def system_dev(cfg, model_dir: Path, dev: list[dict], entities: list[dict], work
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out_dir = Path(tempfile.mkdtemp(prefix="bench-dev-ranks-"))
+    os.environ["OMP_NUM_THREADS"] = (
+        "1"  # numpy's BLAS in the ranks on one thread too, as Ray sets for a 1-CPU worker
+    )
     args = (workers, port, (cfg, model_dir, dev, entities), out_dir)
     mp.spawn(_dev_rank, args=args, nprocs=workers)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(workers)]

@@ -61,14 +61,36 @@ def entity_rows(storage, kb_name: str) -> list[dict]:
 class BatchBuilder:
     """Rows -> processor inputs for the mention side and the entity side (reference section 1: inputs as text).
 
-    Decoded images are kept in a bounded in-memory cache: every epoch shows the same images again.
+    Decoded images and tokenized texts are kept in bounded in-memory caches: every epoch, and every dev
+    evaluation, shows the same rows again (tokenizing was 15% of a names-only dev evaluation's entity side).
     """
 
-    def __init__(self, processor, image_loader, max_cached_images: int = 20_000):
+    def __init__(
+        self, processor, image_loader, max_cached_images: int = 20_000, max_cached_texts: int = 500_000
+    ):
         self.processor = processor
         self.images = image_loader
         self.max_cached_images = max_cached_images
+        self.max_cached_texts = max_cached_texts
         self._cache: dict[str, object] = {}
+        self._tokens: dict[str, tuple] = {}  # text -> (input_ids [L], attention_mask [L])
+
+    def _tokenized(self, texts: list[str]) -> tuple:
+        """`processor.tokenize(texts)`, tokenizing only the texts not seen before."""
+        import torch
+
+        rows = {t: self._tokens[t] for t in texts if t in self._tokens}
+        missing = [t for t in dict.fromkeys(texts) if t not in rows]
+        if missing:
+            ids, mask = self.processor.tokenize(missing)
+            for text, i, m in zip(missing, ids, mask):
+                rows[text] = (i, m)
+                if self.max_cached_texts <= 0:
+                    continue
+                if len(self._tokens) >= self.max_cached_texts:
+                    self._tokens.pop(next(iter(self._tokens)))
+                self._tokens[text] = (i, m)
+        return torch.stack([rows[t][0] for t in texts]), torch.stack([rows[t][1] for t in texts])
 
     def _image(self, uri: str | None):
         if not uri:
@@ -88,7 +110,8 @@ class BatchBuilder:
             mention_text(r["mention"], r.get("context") or "", (r.get("desc") or "") if use_dme else "")
             for r in rows
         ]
-        return self.processor(texts, [self._image(r.get("image_uri")) for r in rows])
+        images = [self._image(r.get("image_uri")) for r in rows]
+        return self.processor(texts, images, tokens=self._tokenized(texts))
 
     def entities(self, rows: list[dict]) -> dict:
         """Entity text = name [SEP] description; the first image of the entity."""
@@ -96,7 +119,7 @@ class BatchBuilder:
 
         texts = [entity_text(r["name"], r.get("description") or "") for r in rows]
         images = [self._image((r.get("image_uris") or [None])[0]) for r in rows]
-        return self.processor(texts, images)
+        return self.processor(texts, images, tokens=self._tokenized(texts))
 
 
 def gold_entity_row(row: dict) -> dict:

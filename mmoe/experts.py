@@ -171,17 +171,25 @@ class SwitchMoE(nn.Module):
         if self.training and self.capacity_factor is not None and not self.reference:
             weights = self.drop_over_capacity(weights, mask)
         if not self.training:
-            return MoEOutput(self.routed(x, weights, same_as), aux_loss, weights)
+            return MoEOutput(self.routed(x, weights, same_as, mask), aux_loss, weights)
         out = 0
         for e, expert in enumerate(self.experts):
             out = out + weights[..., e : e + 1].to(x.dtype) * expert(x)  # [B,S,out]
         return MoEOutput(hidden_states=out, aux_loss=aux_loss, gate_weights=weights)
 
-    def routed(self, x: Tensor, weights: Tensor, same_as: Tensor | None = None) -> Tensor:
+    def routed(
+        self, x: Tensor, weights: Tensor, same_as: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         """sum_e weights[..., e] * expert_e(x), each expert run only on the tokens with a non-zero weight, and
-        once per group of tokens with equal x (`same_as`; e.g. the image tokens of records without an image)."""
+        once per group of tokens with equal x (`same_as`; e.g. the image tokens of records without an image).
+
+        Padded tokens (`mask` False) are not run at all and come out as zeros: every reader of a padded
+        position masks it (attention keys, the mean over entity queries), so scores are unchanged, and a
+        names-only record of 5 tokens in a 17- or 50-token window no longer pays for its padding."""
         flat_x = x.reshape(-1, x.shape[-1])  # [T,in]
         flat_w = weights.reshape(-1, weights.shape[-1]).to(x.dtype)  # [T,E]
+        if mask is not None:
+            flat_w = flat_w * mask.reshape(-1, 1).to(flat_w.dtype)  # [T,E] padded rows: no expert
         out = None
         for e, expert in enumerate(self.experts):  # in expert order, as the dense sum
             rows = flat_w[:, e].nonzero().squeeze(1)  # [T_e]

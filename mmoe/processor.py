@@ -124,12 +124,8 @@ class MMoEProcessor:
         self.image_processor.save_pretrained(str(path))
         (path / PROCESSOR_FILE).write_text(json.dumps({"text_max_tokens": self.text_max_tokens}, indent=2))
 
-    def __call__(
-        self, texts: list[str], images: list[Image.Image | None] | None = None
-    ) -> dict[str, torch.Tensor]:
-        images = images if images is not None else [None] * len(texts)
-        if len(images) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids and attention_mask [B,L], padded to `text_max_tokens` (the cross-modal gate needs L = V)."""
         enc = self.tokenizer(
             list(texts),
             padding="max_length",
@@ -137,6 +133,19 @@ class MMoEProcessor:
             max_length=self.text_max_tokens,
             return_tensors="pt",
         )
+        return enc["input_ids"], enc["attention_mask"]
+
+    def __call__(
+        self,
+        texts: list[str],
+        images: list[Image.Image | None] | None = None,
+        tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`tokens`: the texts' `tokenize` output, when the caller keeps it (cluster.inputs.BatchBuilder)."""
+        images = images if images is not None else [None] * len(texts)
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        input_ids, attention_mask = tokens if tokens is not None else self.tokenize(texts)
         image_mask = torch.tensor([img is not None for img in images], dtype=torch.bool)  # [B]
         size = self.image_size
         pixel_values = torch.zeros(len(texts), 3, size, size)  # [B,3,H,W], zeros where no image
@@ -145,8 +154,8 @@ class MMoEProcessor:
             pixels = self.image_processor(images=present, return_tensors="pt")["pixel_values"]
             pixel_values[image_mask] = pixels.to(pixel_values.dtype)
         return {
-            "input_ids": enc["input_ids"],  # [B,L]
-            "attention_mask": enc["attention_mask"],  # [B,L]
+            "input_ids": input_ids,  # [B,L]
+            "attention_mask": attention_mask,  # [B,L]
             "pixel_values": pixel_values,  # [B,3,H,W]
             "image_mask": image_mask,  # [B] bool
         }

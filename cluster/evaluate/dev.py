@@ -23,6 +23,7 @@ from cluster.evaluate.features import (
     encode_entity_vectors,
     encode_mention_batches,
     entity_caches,
+    with_top_k,
 )
 from cluster.evaluate.protocols import exhaustive_ranks, rerank_candidates
 from cluster.inputs import BatchBuilder
@@ -161,12 +162,8 @@ def system_ranks(
     rows = my_slice(dev_rows, rank, world)
     label = "[dev] mention encoding" + (f" (rank 0 of {world})" if world > 1 else "")
     k = min(top_k, len(entity_rows))
-    batches = [
-        (start, feats, (vectors @ entities.vectors.T).topk(k, dim=1).indices)  # [B,K]
-        for start, feats, vectors in encode_mention_batches(
-            model, builder, rows, batch_size, True, label if rank == 0 else ""
-        )
-    ]
+    encoded = encode_mention_batches(model, builder, rows, batch_size, True, label if rank == 0 else "")
+    batches = list(with_top_k(encoded, entities, k))  # [(start, feats, top [B,K])]
     laps("mention encoding + top-K")
     tops = [top.reshape(-1) for _, _, top in batches]
     needed = torch.unique(torch.cat(tops)) if tops else torch.zeros(0, dtype=torch.long)  # sorted

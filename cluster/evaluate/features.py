@@ -14,6 +14,8 @@ import torch
 
 from cluster.inputs import BatchBuilder
 
+TOP_K_CHUNK = 1024  # queries per inner-product block: [1024, N] fp32 scores = 400 MB at N = 100k
+
 
 @dataclass
 class EntityFeatures:
@@ -27,6 +29,24 @@ class EntityFeatures:
 
     def index_of(self) -> dict[str, int]:
         return {eid: i for i, eid in enumerate(self.ids)}
+
+    def top_k(self, queries: torch.Tensor, k: int, chunk: int = TOP_K_CHUNK) -> torch.Tensor:
+        """Exact top-k entity indices [B,k] by inner product <query, u_e>, `chunk` queries per product.
+
+        On CPU the product runs through numpy's BLAS: on the AMD EPYC machines measured here torch's MKL sgemm
+        took 1.5x as long for this shape (1024 x 100k x 352: 10.4 vs 7.0 s a 7,405-mention dev slice, one
+        thread), and 1024-query chunks read the entity matrix 16x less often than 64-mention batches."""
+        k = min(k, len(self.ids))
+        if not len(queries):
+            return torch.zeros(0, k, dtype=torch.long)
+        on_cpu = queries.device.type == "cpu" and self.vectors.device.type == "cpu"
+        base = self.vectors.float().numpy() if on_cpu else self.vectors.float()
+        tops = []
+        for start in range(0, len(queries), chunk):
+            q = queries[start : start + chunk].float()
+            scores = torch.from_numpy(q.numpy() @ base.T) if on_cpu else q @ base.T  # [b,N]
+            tops.append(scores.topk(k, dim=1).indices)
+        return torch.cat(tops)
 
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Vectors and cache for `index` of any shape (e.g. [B,K] candidates -> [B,K,D])."""
@@ -160,3 +180,23 @@ def encode_mention_batches(
             progress.update(len(rows[start : start + batch_size]))
     if label:
         progress.done()
+
+
+def with_top_k(batches, entities: EntityFeatures, k: int, chunk: int = TOP_K_CHUNK):
+    """(start, feats, top [B,k] entity indices) for each (start, feats, vectors [B,D]) of `batches`, in order;
+    the top-k runs once per `chunk` mentions (`EntityFeatures.top_k`), not once per encoder batch."""
+    group: list = []
+
+    def flush():
+        tops = entities.top_k(torch.cat([v for _, _, v in group]), k, chunk).split(
+            [len(v) for _, _, v in group]
+        )
+        yield from ((start, feats, top) for (start, feats, _), top in zip(group, tops))
+        group.clear()
+
+    for item in batches:
+        group.append(item)
+        if sum(len(v) for _, _, v in group) >= chunk:
+            yield from flush()
+    if group:
+        yield from flush()

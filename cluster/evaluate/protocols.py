@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cluster.evaluate.features import EntityFeatures, as_float, bare, encode_mention_batches
+from cluster.evaluate.features import EntityFeatures, as_float, bare, encode_mention_batches, with_top_k
 from cluster.inputs import BatchBuilder
 from mmoe.metrics import hits_and_mrr, rank_all
 
@@ -169,12 +169,9 @@ def candidate_ranks(
     """
     k = min(top_k, len(entities.ids))
 
-    def retrieved():
-        for start, feats, vectors in encode_mention_batches(model, builder, rows, batch_size, True, label):
-            yield start, feats, (vectors @ entities.vectors.T).topk(k, dim=1).indices  # [B,K]
-
     with torch.no_grad():
-        return rerank_candidates(model, rows, retrieved(), entities, k)
+        batches = encode_mention_batches(model, builder, rows, batch_size, True, label)
+        return rerank_candidates(model, rows, with_top_k(batches, entities, k), entities, k)
 
 
 def rerank_candidates(model, rows: list[dict], batches, entities: EntityFeatures, k: int) -> RankResult:

@@ -61,14 +61,14 @@ def refresh_negatives(
     model, builder, rows: list[dict], entities, tc, batch_size: int, epoch: int, label: str = ""
 ):
     """{mention_id: hard negative ids} for `rows`, mined from `entities` (EntityFeatures of the current model)."""
-    from cluster.evaluate.features import encode_mention_batches
+    from cluster.evaluate.features import encode_mention_batches, with_top_k
 
     rng = random.Random(tc.seed * 1000 + epoch)
     k = min(tc.hard_negative_pool + 1, len(entities.ids))
     picked: dict[str, list[str]] = {}
-    for start, _feats, vectors in encode_mention_batches(model, builder, rows, batch_size, label=label):
-        top = (vectors @ entities.vectors.T).topk(k, dim=1).indices.tolist()  # [B, pool+1]
-        for row, hits in zip(rows[start : start + batch_size], top):
+    encoded = encode_mention_batches(model, builder, rows, batch_size, label=label)
+    for start, _feats, top in with_top_k(encoded, entities, k):  # top [B, pool+1]
+        for row, hits in zip(rows[start : start + batch_size], top.tolist()):
             ids = [entities.ids[i] for i in hits]
             picked[row["mention_id"]] = pick_negatives(
                 ids, row["gold_entity_id"], tc.hard_negative_pool, tc.hard_negatives, rng

@@ -80,6 +80,7 @@ def _rank_main(rank, world, port, args, out_dir):
     try:
         metrics = _metrics(*args, rank=rank, world=world)
         (out_dir / f"rank{rank}.json").write_text(json.dumps(metrics))
+        torch.distributed.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     finally:
         torch.distributed.destroy_process_group()
 
@@ -123,3 +124,46 @@ def test_refreshed_negatives_come_from_the_current_models_top_entities(dev):
         negatives = picked[row["mention_id"]]
         pool = [feats.ids[i] for i in hits if feats.ids[i] != row["gold_entity_id"]][:5]
         assert len(negatives) == 3 and set(negatives) <= set(pool)
+
+
+def test_inner_product_top_k_in_chunks_equals_torch_top_k_per_batch():
+    """`EntityFeatures.top_k` (numpy BLAS, 1024-query blocks) and `with_top_k` (regrouping encoder batches)
+    pick the same entities as a plain torch product per batch, in the batches' order."""
+    from cluster.evaluate.features import EntityFeatures, with_top_k
+
+    gen = torch.Generator().manual_seed(0)
+    vectors = torch.randn(5000, 48, generator=gen)
+    entities = EntityFeatures(
+        [f"E{i}" for i in range(5000)], vectors, {}, torch.zeros(5000, dtype=torch.bool)
+    )
+    queries = torch.randn(300, 48, generator=gen)
+    expected = (queries @ vectors.T).topk(7, dim=1).indices
+    assert torch.equal(entities.top_k(queries, 7, chunk=64), expected)  # 64 does not divide 300
+    assert entities.top_k(queries, 9000).shape == (300, 5000)  # k beyond the KB: every entity, ranked
+    assert entities.top_k(queries[:0], 7).shape == (0, 7)
+    sizes = [64, 64, 50, 64, 58]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    batches = [(s, f"feats{s}", queries[s : s + n]) for s, n in zip(starts, sizes)]
+    out = list(with_top_k(iter(batches), entities, 7, chunk=100))
+    assert [(s, f) for s, f, _ in out] == [(s, f) for s, f, _ in batches]  # every batch, in order, once
+    assert torch.equal(torch.cat([t for _, _, t in out]), expected)
+
+
+def test_batch_builder_reuses_tokenized_texts_and_stays_bounded(dev):
+    """A second pass over the same rows (the next epoch's dev evaluation) gives the inputs of a fresh
+    tokenization, and the text cache never holds more than its bound."""
+    from cluster.inputs import BatchBuilder
+    from mmoe.pretrained import load_pretrained
+    from workers.images import ImageLoader
+
+    cfg, model_dir, rows, entities = dev
+    _, processor = load_pretrained(model_dir)
+    builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []), max_cached_texts=50)
+    fresh = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []), max_cached_texts=0)
+    for _ in range(2):
+        for side, items in (("entities", entities[:40]), ("mentions", rows[:40])):
+            got, want = getattr(builder, side)(items), getattr(fresh, side)(items)
+            assert got.keys() == want.keys()
+            for key in want:
+                assert torch.equal(got[key], want[key]), (side, key)
+            assert len(builder._tokens) <= 50 and not fresh._tokens

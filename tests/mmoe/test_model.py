@@ -142,8 +142,12 @@ def test_token_gate_keeps_late_positions(tiny_model, batches):
     model, _ = tiny_model
     with torch.no_grad():
         side = model.encode(batches[1], "mention")
-    assert (side.text.tokens_moe[:, 3:].abs().sum(-1) > 0).all()
+    energy = side.text.tokens_moe.abs().sum(-1)  # [B,L]
+    valid = side.text.mask
+    assert valid[:, 3:].any() and (energy[valid] > 0).all()  # every real token, late ones included
     assert (side.image.tokens_moe[:, 3:].abs().sum(-1) > 0).all()
+    # padded tokens run no expert at inference (every reader masks them): their rows are zero
+    assert (~valid).any() and (energy[~valid] == 0).all()
 
 
 def test_explain_helpers(tiny_model, batches):
@@ -197,14 +201,23 @@ def test_inference_shortcuts_for_records_without_image_keep_the_features(tiny_mo
     """Eval mode shares the zero image's vision pass and expert passes and runs experts on routed tokens only;
     train mode (dropout 0, no capacity) encodes every record densely: the same features."""
     model, _ = tiny_model
-    _, entities = batches
+    mentions, entities = batches
     no_images = dict(entities, image_mask=torch.tensor([False, True, False, False, True, False]))
     with torch.no_grad():
         model.eval()
         shared = model.encode(no_images, "entity")
+        m = model.encode(mentions, "mention")
         model.train()
         plain = model.encode(no_images, "entity")
+        m_plain = model.encode(mentions, "mention")
         model.eval()
+        scores = model.score_shared(m, model.retrieval_vectors(shared), model.entity_cache(shared)).scores
+        dense = model.score_shared(m_plain, model.retrieval_vectors(plain), model.entity_cache(plain)).scores
+    torch.testing.assert_close(scores, dense)  # the scores the shortcuts exist for, padding skipped or not
     torch.testing.assert_close(model.retrieval_vectors(shared), model.retrieval_vectors(plain))
+    mask = model.entity_cache(shared)["text_mask"]  # padded text queries are masked wherever they are read
     for key, value in model.entity_cache(shared).items():
-        torch.testing.assert_close(value, model.entity_cache(plain)[key], msg=key)
+        other = model.entity_cache(plain)[key]
+        if key == "text_query":
+            value, other = value[mask], other[mask]
+        torch.testing.assert_close(value, other, msg=key)
