@@ -10,7 +10,7 @@ one process and extrapolated linearly to the dev set (its cost is linear in ment
 timed whole; both are divided by the worker count (a perfect split). Goals: system <= 10% of the epoch at 100k;
 >= 20x cheaper than exhaustive at 18k.
 
-    python3 bench/bench_train_eval.py [--entities 17805 100000 --steps 6 --exhaustive-dev 8]
+    python3 bench/bench_train_eval.py [--entities 17805 100000 --steps 30 --exhaustive-dev 8]
 """
 
 from __future__ import annotations
@@ -116,16 +116,20 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
     try:
         model, processor = load_pretrained(model_dir)
         builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
-        timings: dict[str, float] = {}
         # warm up on a slice (as the training step warms up): by its first dev evaluation a worker is warm
         dev_metrics(model, builder, dev[:8], entities[:128], cfg.eval, "system", rank, world, 20)
-        torch.distributed.barrier()
-        start, cpu = time.perf_counter(), time.process_time()
-        metrics = dev_metrics(
-            model, builder, dev, entities, cfg.eval, "system", rank, world, cfg.train.dev_top_k, timings
-        )
-        timings["total"], timings["cpu"] = time.perf_counter() - start, time.process_time() - cpu
-        (out_dir / f"rank{rank}.json").write_text(json.dumps({"metrics": metrics, "timings": timings}))
+        runs = []
+        for _ in ("first epoch", "later epochs"):  # the later ones find the texts tokenized (BatchBuilder)
+            torch.distributed.barrier()
+            timings: dict[str, float] = {}
+            start, cpu = time.perf_counter(), time.process_time()
+            metrics = dev_metrics(
+                model, builder, dev, entities, cfg.eval, "system", rank, world, cfg.train.dev_top_k, timings
+            )
+            timings["total"], timings["cpu"] = time.perf_counter() - start, time.process_time() - cpu
+            runs.append(timings)
+        out = {"metrics": metrics, "timings": runs[0], "later": runs[1]}
+        (out_dir / f"rank{rank}.json").write_text(json.dumps(out))
         torch.distributed.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     finally:
         torch.distributed.destroy_process_group()
@@ -189,6 +193,8 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
         "system_s": slowest["timings"]["total"],
         "train_cpu_s": cpu_per_step * steps,
         "system_cpu_s": max(r["timings"]["cpu"] for r in ranks),
+        "later_s": max(r["later"]["total"] for r in ranks),
+        "later_cpu_s": max(r["later"]["cpu"] for r in ranks),
         "phases": slowest["timings"],
         "exhaustive_s": (encode_s + exhaustive_score_s) / args.workers,
         "recall": ranks[0]["metrics"][f"recall@{top_k}"],
@@ -198,7 +204,7 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, nargs="+", default=[17805, 100000])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--exhaustive-dev", type=int, default=8, help="dev mentions timed exhaustively")
     args = parser.parse_args()
@@ -236,7 +242,9 @@ def main() -> None:
             f"  {r['entities']}: {r['step_ms']:.0f} ms/step; system dev on the slowest rank: {phases}; "
             f"recall@{cfg.train.dev_top_k} {r['recall']:.3f}; CPU seconds (robust to a loaded machine): "
             f"epoch {r['train_cpu_s']:.1f}s per worker, system dev {r['system_cpu_s']:.1f}s on the busiest "
-            f"rank = {r['system_cpu_s'] / r['train_cpu_s']:.1%}"
+            f"rank = {r['system_cpu_s'] / r['train_cpu_s']:.1%}; a later epoch's dev evaluation (texts already "
+            f"tokenized): {r['later_s']:.1f}s wall = {r['later_s'] / r['train_s']:.1%}, "
+            f"{r['later_cpu_s']:.1f}s CPU = {r['later_cpu_s'] / r['train_cpu_s']:.1%}"
         )
 
 

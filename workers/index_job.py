@@ -48,6 +48,15 @@ class IndexReport:
     elapsed_s: float = 0.0
     device: str = "CPU"
     model_dir: str = ""
+    # Wall seconds per stage. Driver: setup, pool start, encode wait (blocked on the encoders), write wait
+    # (blocked on the writer), publish. Writer thread, overlapping the encoders: milvus write, flush, features.
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, stage: str, since: float) -> float:
+        """Add the seconds since `since` to `stage`; -> now (the next lap's start)."""
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - since
+        return now
 
     @property
     def indexed_total(self) -> int:
@@ -69,6 +78,8 @@ class IndexReport:
             f"  shards {self.shards} ({self.skipped_shards} already done), {self.elapsed_s:.1f} s, "
             f"{self.entities_per_s:.1f} entities/s on {self.device}",
         ]
+        if self.stages:
+            lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.stages.items()))
         lines += [f"  image error: {e}" for e in self.image_errors[:5]]
         lines += [f"  failed: {e}" for e in self.failures[:5]]
         return "\n".join(lines)
@@ -230,45 +241,43 @@ def run_index(
         work, sizes, deleted = [(delta, rows)], {delta: len(rows)}, list(diff.get("deleted", []))
         report.shards = 1
 
-    # 2. encode on Ray actors; 3. write each finished shard (Milvus flush + feature file, then progress)
+    # 2. encode on Ray actors; 3. write each finished shard (Milvus flush + feature file, then progress) on
+    # one writer thread, so the encoders keep working while a shard goes into Milvus
+    clock = report.lap("setup", started)
     meter = Progress("index", sum(sizes.values()), "entities", enabled=progress and bool(work), every_s=5.0)
     expected = {name: -(-size // encoder_cfg.batch_size) for name, size in sizes.items()}
     results: dict[str, dict[int, EncodedEntities]] = {name: {} for name in sizes}
     keys: dict[str, object] = {}  # entity_id -> its partition-key value (milvus.partition_key)
     bulk = mode == "full" and milvus_cfg.ingest == "bulk_import"  # incremental runs always upsert
-    if any(sizes.values()):
-        pool = EncodingPool(
-            model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker
-        )
-        report.device = pool.device
-        try:
-            batches = _batches(work, encoder_cfg.batch_size, storage, milvus_cfg.partition_key, keys)
-            for res in pool.run(batches):
-                name, index = res.key
-                if res.encoded is None:
-                    res.encoded = concat_encoded([], dim)
-                    res.encoded.failed = [f"{i}: {res.error}" for i in res.ids]
-                results[name][index] = res.encoded
-                meter.update(len(res.encoded.ids) + len(res.encoded.failed))
-                if len(results[name]) == expected[name]:
-                    _finish_shard(
-                        name,
-                        results.pop(name),
-                        store,
-                        collection,
-                        cache,
-                        progress_file,
-                        report,
-                        dim,
-                        deleted,
-                        keys,
-                        bulk,
-                        storage,
-                    )
-        finally:
-            pool.close()
-    for name in list(results):  # shards without rows (an incremental run that only deletes)
-        _finish_shard(name, {}, store, collection, cache, progress_file, report, dim, deleted, keys)
+    writer = ShardWrites(store, collection, cache, progress_file, report, dim, deleted, keys, storage)
+    try:
+        if any(sizes.values()):
+            pool = EncodingPool(
+                model_dir, encoder_cfg, storage_cfg, allowed_image_roots(storage, kb_cfg), crash_marker
+            )
+            report.device = pool.device
+            clock = report.lap("pool start", clock)
+            try:
+                batches = _batches(work, encoder_cfg.batch_size, storage, milvus_cfg.partition_key, keys)
+                for res in pool.run(batches):
+                    clock = report.lap("encode wait", clock)
+                    name, index = res.key
+                    if res.encoded is None:
+                        res.encoded = concat_encoded([], dim)
+                        res.encoded.failed = [f"{i}: {res.error}" for i in res.ids]
+                    results[name][index] = res.encoded
+                    meter.update(len(res.encoded.ids) + len(res.encoded.failed))
+                    if len(results[name]) == expected[name]:
+                        writer.submit(name, results.pop(name), bulk)
+                        clock = report.lap("write wait", clock)
+            finally:
+                pool.close()
+        for name in list(results):  # shards without rows (an incremental run that only deletes)
+            writer.submit(name, {}, False)
+        writer.drain()
+    finally:
+        writer.close()
+    clock = report.lap("write wait", clock)
     meter.close()
 
     # 4. exact count, then publish: point the alias at a finished full build
@@ -289,9 +298,46 @@ def run_index(
                 storage.join("features", dropped)
             ):
                 storage.delete(uri)
+    report.lap("publish", clock)
     report.elapsed_s = time.perf_counter() - started
     store.close()
     return report
+
+
+class ShardWrites:
+    """Finished shards -> `_finish_shard` on one thread, in order, while the driver keeps the encoders fed.
+
+    At most `MAX_PENDING` shards wait for Milvus (each holds its vectors and rerank features in memory); a
+    failed write is raised in the driver at the next shard or at `drain`. The thread alone uses the store,
+    the feature cache and the progress file until `drain` returns."""
+
+    MAX_PENDING = 2
+
+    def __init__(self, store, collection, cache, progress_file, report, dim, deleted, keys, storage):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.args = (store, collection, cache, progress_file, report, dim, deleted, keys)
+        self.storage = storage
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-writer")
+        self.pending = deque()
+
+    def submit(self, name: str, parts: dict, bulk: bool) -> None:
+        self.pending.append(
+            self.pool.submit(_finish_shard, name, parts, *self.args, bulk=bulk, storage=self.storage)
+        )
+        while self.pending and (len(self.pending) > self.MAX_PENDING or self.pending[0].done()):
+            self.pending.popleft().result()  # re-raises a failed write
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """After an error elsewhere: let the running write finish (never half a shard), drop the queued."""
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def _finish_shard(
@@ -313,6 +359,7 @@ def _finish_shard(
             enc.failed,
         )
     partitions = [keys.pop(i, "") for i in enc.ids] if store.cfg.partition_key else None
+    clock = time.perf_counter()
     if bulk and enc.ids:
         from workers.milvus_server import import_shard
 
@@ -321,8 +368,11 @@ def _finish_shard(
     else:
         write_batch(store, collection, enc, partitions)
     store.delete(collection, deleted)
+    clock = report.lap("milvus write", clock)
     store.flush(collection)
+    clock = report.lap("flush", clock)
     cache.write_shard(name, enc.ids, enc.cache, deleted=deleted)
+    report.lap("features", clock)
     text_only = int((~enc.has_image).sum())
     report.encoded += len(enc.ids)
     report.text_only += text_only
