@@ -52,7 +52,16 @@ def test_full_index_resumes_survives_a_crash_and_reruns_as_noop(kb_env, ray_sess
     assert len(ids) == 60 and sorted(ids) == entity_ids  # exactly the entity table, nothing duplicated
     assert store.count("ents") == second.total == 60
     # where the time went: driver stages and the writer thread's (which overlaps the encoders)
-    stages = {"setup", "pool start", "encode wait", "write wait", "milvus write", "flush", "features", "publish"}
+    stages = {
+        "setup",
+        "pool start",
+        "encode wait",
+        "write wait",
+        "milvus write",
+        "flush",
+        "features",
+        "publish",
+    }
     assert set(second.stages) == stages and all(v >= 0 for v in second.stages.values())
     assert "stages: setup" in second.summary()
 
