@@ -57,27 +57,22 @@ def mel(overrides: list[str], *command: str) -> tuple[float, str]:
 
 def pipeline_only(cfg, n: int) -> float:
     """EncodingPool from nothing over the KB's entity rows (read first, untimed) -> entities/s."""
+    from bench_index_pipeline import pool_cold_run
+
     from cluster.artifacts import serving_model_dir
     from cluster.runtime import init_ray
     from kb_builder.shards import entity_shard_uris, read_shard
     from kb_builder.storage import Storage
     from workers.index_job import allowed_image_roots
-    from workers.ray_pool import EncodingPool
 
     storage = Storage(cfg.storage)
     rows = [r for uri in entity_shard_uris(storage, cfg.kb.name) for r in read_shard(storage, uri).to_dicts()]
     assert len(rows) == n, (len(rows), n)
     size = cfg.encoder.batch_size
-    batches = [((0, i), rows[s : s + size]) for i, s in enumerate(range(0, n, size))]
-    model_dir = serving_model_dir(cfg)
+    batches = [rows[s : s + size] for s in range(0, n, size)]
     init_ray(cfg.ray)
-    start = time.perf_counter()
-    pool = EncodingPool(model_dir, cfg.encoder, cfg.storage, allowed_image_roots(storage, cfg.kb))
-    try:
-        encoded = sum(len(res.encoded.ids) for res in pool.run(batches))
-    finally:
-        pool.close()
-    seconds = time.perf_counter() - start
+    roots = allowed_image_roots(storage, cfg.kb)
+    encoded, seconds = pool_cold_run(batches, serving_model_dir(cfg), cfg.encoder, cfg.storage, roots)
     assert encoded == n, (encoded, n)
     return n / seconds
 

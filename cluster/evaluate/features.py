@@ -194,9 +194,12 @@ def with_top_k(batches, entities: EntityFeatures, k: int, chunk: int = TOP_K_CHU
         yield from ((start, feats, top) for (start, feats, _), top in zip(group, tops))
         group.clear()
 
+    held = 0  # mentions in `group`
     for item in batches:
         group.append(item)
-        if sum(len(v) for _, _, v in group) >= chunk:
+        held += len(item[2])
+        if held >= chunk:
             yield from flush()
+            held = 0
     if group:
         yield from flush()
