@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--exhaustive-dev", type=int, default=8, help="dev mentions timed exhaustively")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
 
     import torch
@@ -220,7 +221,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-train-eval-"))
     cfg = load_config(
         overrides=[f"storage.root={root / 'data'}", f"storage.cache_dir={root / 'cache'}"]
-        + ["kb.sample_entities=120", "kb.sample_mentions=400"]
+        + ["kb.sample_entities=120", "kb.sample_mentions=400", *args.set]
     )
     ensure_kb(cfg, Storage(cfg.storage))
     model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
