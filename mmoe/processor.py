@@ -9,7 +9,6 @@ count; a record without an image gets an all-zero ``pixel_values`` as in the off
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import json
 from pathlib import Path
@@ -54,21 +53,23 @@ def _image_processor_class():
 
 
 def build_word_tokenizer(corpus: list[str], vocab_size: int, text_max_tokens: int) -> PreTrainedTokenizerFast:
-    """A deterministic word-level tokenizer: the most frequent words of ``corpus`` (ties broken by spelling)."""
+    """A deterministic word-level tokenizer: the special tokens, then the most frequent words of ``corpus``
+    (ties broken by spelling), counted by the `tokenizers` trainer in Rust on every core (a Python loop took
+    42-52 s on a 1M-entity KB's corpus, issue 18)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
+    from tokenizers.trainers import WordLevelTrainer
 
     tok = Tokenizer(WordLevel(vocab=dict(SPECIAL_TOKENS), unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
-    counts: collections.Counter[str] = collections.Counter()
-    for text in corpus:
-        words = tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text.replace("[SEP]", " ")))
-        counts.update(word for word, _ in words)
-    budget = max(vocab_size - len(SPECIAL_TOKENS), 0)
-    ranked = sorted((w for w in counts if w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w))[:budget]
-    vocab = dict(SPECIAL_TOKENS) | {w: i + len(SPECIAL_TOKENS) for i, w in enumerate(ranked)}
-    tok.model = WordLevel(vocab=vocab, unk_token="[UNK]")
+    trainer = WordLevelTrainer(  # orders words by count, then by spelling, after the special tokens
+        vocab_size=max(vocab_size, len(SPECIAL_TOKENS)),
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+    )
+    texts = (text.replace("[SEP]", " ") for text in corpus)  # the separator is not a word of the corpus
+    tok.train_from_iterator(texts, trainer=trainer, length=len(corpus))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.post_processor = processors.TemplateProcessing(
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 3), ("[EOS]", 4)]
