@@ -8,6 +8,7 @@ ranks it first. Screenshots go to the test's tmp folder.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -113,17 +114,25 @@ def test_entity_page_opens_from_a_candidate_and_from_the_kb_browser(served_kb, b
     query = browser.find_element("id", "q")
     query.send_keys(entity["name"])
     query.submit()
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        ElementNotInteractableException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
 
     result = f'#browse-list li[data-entity-id="{entity["entity_id"]}"] a.open'
 
     def open_result() -> bool:
-        """The first listing of #browse may show the entity too, then be replaced by the search's answer."""
+        """The first listing of #browse may show the entity too, then be replaced by the search's answer: a
+        click that lands on the replaced link moves nothing, so the click counts once the location moved."""
+        opened = "#entity/" + quote(entity["entity_id"], safe="")
+        if browser.current_url.endswith(opened):
+            return True
         try:
             browser.find_element("css selector", result).click()
-            return True
-        except (NoSuchElementException, StaleElementReferenceException):
+        except (NoSuchElementException, StaleElementReferenceException, ElementNotInteractableException):
             return False
+        return browser.current_url.endswith(opened)
 
     wait_until(open_result, what="the search result")
     wait_until(lambda: _text(browser, "entity-id") == entity["entity_id"], what="the entity page")
