@@ -314,6 +314,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _segment_max_size(config, megabytes: int) -> None:
+    """Set dataCoord.segment.maxSize (MB; the package's template says 512) in the milvus.yaml it writes. A sealed
+    segment is one index and one search task: at 1M x 800-d, 512 MB makes 7 of them (bench_ann.py, docs/milvus.md)."""
+    write_milvus_yaml = config.write_config
+
+    def write_config() -> None:
+        write_milvus_yaml()
+        milvus_yaml = Path(config.base_data_dir) / "configs" / "milvus.yaml"
+        text = milvus_yaml.read_text()
+        marker = "    maxSize: 512 # Maximum size of a segment in MB"
+        if marker not in text:
+            raise RuntimeError("embedded Milvus config has no dataCoord.segment.maxSize line to set")
+        milvus_yaml.write_text(
+            text.replace(marker, f"    maxSize: {megabytes} # Maximum size of a segment in MB", 1)
+        )
+
+    config.write_config = write_config
+
+
 def _own_etcd_ports(config) -> None:
     """Give the server's embedded etcd its configured client port (`etcd_port`) and a free peer port.
 
@@ -339,9 +358,10 @@ def _own_etcd_ports(config) -> None:
     config.write_config = write_config
 
 
-def start_embedded_server(base_dir: str, port: int = 0):
+def start_embedded_server(base_dir: str, port: int = 0, segment_max_mb: int = 0):
     """Start the embedded Milvus 2.3 standalone server (PyPI `milvus`, a dev/test dependency) with its data under
-    `base_dir`, on `port` (0 = a free one); -> (server, uri, local_storage_dir). Stop it with server.stop().
+    `base_dir`, on `port` (0 = a free one), sealed segments up to `segment_max_mb` (0 = the package's 512);
+    -> (server, uri, local_storage_dir). Stop it with server.stop().
     It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir). Several can run
     on one machine at once (each has its own etcd ports)."""
     from milvus import MilvusServer
@@ -351,6 +371,8 @@ def start_embedded_server(base_dir: str, port: int = 0):
     # etcd's own 2379 stays free for servers started without this (see _own_etcd_ports)
     server.config.update(proxy_port=port or _free_port(), etcd_port=_free_port())
     _own_etcd_ports(server.config)
+    if segment_max_mb:
+        _segment_max_size(server.config, segment_max_mb)
     try:
         server.start()
     except BaseException:

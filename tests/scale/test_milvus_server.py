@@ -254,15 +254,19 @@ def test_two_writers_at_once_and_a_reader_follows_the_alias(milvus_server):
 
 @pytest.mark.milvus_server
 def test_a_second_embedded_server_starts_beside_the_sessions(milvus_server, tmp_path):
-    """Each embedded server has its own etcd ports (etcd's default 2380 made the second one time out)."""
+    """Each embedded server has its own etcd ports (etcd's default 2380 made the second one time out), and its
+    own segment size when asked (bench_ann.py --segment-mb)."""
     if os.environ.get("MILVUS_URI"):
         pytest.skip("an external server: no embedded one to share ports with")
     from workers.config import MilvusConfig
     from workers.milvus_server import start_embedded_server
     from workers.milvus_store import MilvusStore
 
-    server, uri, _ = start_embedded_server(str(tmp_path / "second"))
+    server, uri, _ = start_embedded_server(str(tmp_path / "second"), segment_max_mb=64)
     try:
+        milvus_yaml = (tmp_path / "second" / "configs" / "milvus.yaml").read_text()
+        assert "    maxSize: 64 # Maximum size of a segment in MB" in milvus_yaml
+        assert "maxSize: 512 # Maximum size of a segment" not in milvus_yaml
         store = MilvusStore(MilvusConfig(uri=uri, collection="second"), uri)
         store.create("second_v1", 4)
         store.upsert("second_v1", [{"entity_id": "a", "vector": [1.0, 0.0, 0.0, 0.0]}])
