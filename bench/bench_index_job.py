@@ -9,7 +9,7 @@ Prints entities/s of each, the ratio job / pipeline (issue 18's goal: >= 0.8 at 
 the server), and the job's own stage breakdown (`IndexReport.stages`: what the driver waited on, and the
 writer thread's Milvus upsert, flush and feature-file time, which overlaps the encoders).
 
-    python3 bench/bench_index_job.py --entities 100000 [--milvus lite|server] [--rows-per-shard 100000]
+    python3 bench/bench_index_job.py --entities 100000 [--milvus lite|server [--ingest bulk_import]] [--rows-per-shard 100000]
 """
 
 from __future__ import annotations
@@ -83,6 +83,12 @@ def main() -> None:
     parser.add_argument("--milvus", choices=["lite", "server"], default="lite")
     parser.add_argument("--rows-per-shard", type=int, default=100_000)
     parser.add_argument(
+        "--ingest",
+        choices=["upsert", "bulk_import"],
+        default="upsert",
+        help="bulk_import: --milvus server only",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], help="extra config overrides, section.key=value"
     )
     args = parser.parse_args()
@@ -107,8 +113,10 @@ def main() -> None:
     if args.milvus == "server":
         from workers.milvus_server import start_embedded_server
 
-        server, uri, _ = start_embedded_server(str(root / "milvus_server"))
+        server, uri, local_storage = start_embedded_server(str(root / "milvus_server"))
         overrides.append(f"milvus.uri={uri}")
+        if args.ingest == "bulk_import":  # Parquet files on the server's own disk, then Import
+            overrides += ["milvus.ingest=bulk_import", f"milvus.bulk_dir={local_storage}/mel-bulk"]
     try:
         build_s, _ = mel(overrides, "kb", "build")
         index_s, out = mel(overrides, "index")
@@ -125,7 +133,7 @@ def main() -> None:
     job_rate = args.entities / index_s
     inner = re.search(r"([\d.]+) s, ([\d.]+) entities/s", out)
     print(
-        f"\nbench_index_job: {args.entities:,} entities, Milvus {args.milvus}, tiny model, "
+        f"\nbench_index_job: {args.entities:,} entities, Milvus {args.milvus} ({args.ingest}), tiny model, "
         f"{cfg.encoder.num_actors} encoder actor(s), batch {cfg.encoder.batch_size}, {args.rows_per_shard:,} rows/shard"
     )
     print(f"  mel kb build            {build_s:8.1f} s   {args.entities / build_s:10,.0f} entities/s")
