@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,23 +314,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _segment_max_size(config, megabytes: int) -> None:
-    """Set dataCoord.segment.maxSize (MB; the package's template says 512) in the milvus.yaml it writes. A sealed
-    segment is one index and one search task: at 1M x 800-d, 512 MB makes 7 of them (bench_ann.py, docs/milvus.md)."""
-    write_milvus_yaml = config.write_config
+def _edit_milvus_yaml(config, edit: Callable[[Path, str], str]) -> None:
+    """After the package writes its config files, replace milvus.yaml's text by `edit(configs_dir, text)`: the
+    package exposes only a few template keys, and these settings are not among them."""
+    write_config = config.write_config
 
-    def write_config() -> None:
-        write_milvus_yaml()
-        milvus_yaml = Path(config.base_data_dir) / "configs" / "milvus.yaml"
-        text = milvus_yaml.read_text()
-        marker = "    maxSize: 512 # Maximum size of a segment in MB"
+    def write_and_edit() -> None:
+        write_config()
+        configs = Path(config.base_data_dir) / "configs"
+        milvus_yaml = configs / "milvus.yaml"
+        milvus_yaml.write_text(edit(configs, milvus_yaml.read_text()))
+
+    config.write_config = write_and_edit
+
+
+def _segment_max_size(config, megabytes: int) -> None:
+    """Set dataCoord.segment.maxSize (MB; the package's template says 512). A sealed segment is one index and one
+    search task: at 1M x 800-d, 512 MB splits the collection into several (bench_ann.py, docs/milvus.md)."""
+    marker = "    maxSize: 512 # Maximum size of a segment in MB"
+
+    def edit(_configs: Path, text: str) -> str:
         if marker not in text:
             raise RuntimeError("embedded Milvus config has no dataCoord.segment.maxSize line to set")
-        milvus_yaml.write_text(
-            text.replace(marker, f"    maxSize: {megabytes} # Maximum size of a segment in MB", 1)
-        )
+        return text.replace(marker, f"    maxSize: {megabytes} # Maximum size of a segment in MB", 1)
 
-    config.write_config = write_config
+    _edit_milvus_yaml(config, edit)
 
 
 def _own_etcd_ports(config) -> None:
@@ -340,22 +348,17 @@ def _own_etcd_ports(config) -> None:
     defaults (2379, peer 2380) unless `etcd.config.path` names an etcd config file. A second embedded server on
     the machine (another test session, a benchmark) then fails with "bind: address already in use" and the
     package reports it only as a 180 s start-up timeout."""
-    write_milvus_yaml = config.write_config
 
-    def write_config() -> None:
-        write_milvus_yaml()
-        configs = Path(config.base_data_dir) / "configs"
+    def edit(configs: Path, text: str) -> str:
         client, peer = f"http://127.0.0.1:{config.get('etcd_port')}", f"http://127.0.0.1:{_free_port()}"
         etcd_yaml = configs / "etcd.yaml"
         etcd_yaml.write_text(
             f"name: default\nlisten-client-urls: {client}\nadvertise-client-urls: {client}\n"
             f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\ninitial-cluster: default={peer}\n"
         )
-        milvus_yaml = configs / "milvus.yaml"
-        text = milvus_yaml.read_text()
-        milvus_yaml.write_text(text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1))
+        return text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
 
-    config.write_config = write_config
+    _edit_milvus_yaml(config, edit)
 
 
 def start_embedded_server(base_dir: str, port: int = 0, segment_max_mb: int = 0):
