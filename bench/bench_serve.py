@@ -18,8 +18,12 @@ time tick, ~200 ms a search):
 
     python3 bench/bench_serve.py --entities 120,100000 --kb-milvus server
 
-`http` in the stage table is the client's time minus the server's `total` (loopback HTTP + Serve's proxy);
-`*_wait` is queue wait plus the hop to a deployment.
+`--ingresses haproxy,proxy` (default): the HTTP cells run with the first `serve.ingress` (Ray Serve's HAProxy
+ingress), then the default layout with batching again with each other one (`<layout> proxy`: Serve's Python
+proxy actor), each on a Ray of its own, since Serve reads the switch when Ray starts.
+
+`http` in the stage table is the client's time minus the server's `total` (loopback HTTP + HAProxy or Serve's
+proxy); `*_wait` is queue wait plus the hop to a deployment.
 
 With `--url`, it measures a server that is already running (`mel serve` after `mel index` and `mel train`, the
 user's path) with the KB's test mentions instead: p50/p99/rps of `/link` beside `/healthz` (the HTTP round trip
@@ -268,6 +272,12 @@ def bench_running_server(url: str, cfg, levels: list[int], n: int) -> int:
     return 0
 
 
+def cell_requests(concurrency: int, n: int) -> int:
+    """Requests in one (mode, concurrency) cell: at least 200 at concurrency 1, where a cell of 64 sequential
+    requests moved the same code path's rate by +-5% between two deployments (batch on/off at conc 1)."""
+    return max(n, 200) if concurrency == 1 else n
+
+
 def bench_http(url, bodies, concurrency, n) -> dict:
     asyncio.run(_bench_http(url, bodies, concurrency, 4))  # warm-up: connections, first batches
     return asyncio.run(_bench_http(url, bodies, concurrency, n))
@@ -318,7 +328,9 @@ def bench_kb_sizes(
     return out
 
 
-def print_results(results: dict, kb: dict, layouts: list[str], levels: list[int], default: str) -> None:
+def print_results(
+    results: dict, kb: dict, layouts: list[str], levels: list[int], default: str, ingresses: list[str] = ()
+) -> None:
     print(f"{'mode':<20}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
     for label, cells in results.items():
         for c, r in cells.items():
@@ -359,6 +371,14 @@ def print_results(results: dict, kb: dict, layouts: list[str], levels: list[int]
                 + ", ".join(f"{lay} p50 {r['p50']:.1f} ms {r['rps']:.1f} req/s" for lay, r in cells.items())
             )
 
+    for other in ingresses[1:]:
+        for c in levels:
+            a, b = results[on][c], results[f"{default} {other}"][c]
+            print(
+                f"  conc {c:>2}: ingress {ingresses[0]}/{other}: p50 {a['p50'] / b['p50']:.2f}x, "
+                f"rps {a['rps'] / b['rps']:.2f}x"
+            )
+
     print("\ngoals (issue 19):")
     goal(f"HTTP p50 / in-process p50 at conc {lo}", results[on][lo]["p50"] / local[lo]["p50"], "<= 1.5x",
          results[on][lo]["p50"] <= 1.5 * local[lo]["p50"])  # fmt: skip
@@ -389,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kb-milvus", default="lite", choices=["lite", "server"], help="where the KB-size collections live"
     )
+    parser.add_argument(
+        "--ingresses",
+        default="haproxy,proxy",
+        help="serve.ingress values: the first for every layout, the others with the default layout only",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--url", default=None, help="measure this running server (`mel serve`) instead")
     args = parser.parse_args(argv)
@@ -406,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import load_config
     from cluster.serve.app import start_serve, torch_threads
+    from cluster.serve.ingress import ingress_env
     from cluster.serve.pipeline import Linker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -429,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict]] = {"in-process": {}}
     for c in levels:
         bench_in_process(linker, bodies, c, 4)
-        results["in-process"][c] = bench_in_process(linker, bodies, c, args.requests)
+        results["in-process"][c] = bench_in_process(linker, bodies, c, cell_requests(c, args.requests))
     sizes = sorted({int(x) for x in args.entities.split(",")})
     kb = {}
     if len(sizes) > 1:
@@ -450,27 +476,30 @@ def main(argv: list[str] | None = None) -> int:
     for n, r in kb.items():
         results[f"in-process KB {n}"] = {1: r}
     layouts = [x for x in args.layouts.split(",") if x]
+    ingresses = [x for x in args.ingresses.split(",") if x] if layouts else []
     batch_size = cfg.serve.batch_max_size
-    if layouts:
+    default = load_config().serve.layout
+    for n, ingress in enumerate(ingresses):  # Serve reads its ingress switches when Ray starts: a Ray each
+        cfg.serve.ingress = ingress
+        env = ingress_env(cfg.serve)
+        os.environ.update(env)
         ray.init(
             num_cpus=cfg.ray.num_cpus,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}},
         )
-    for layout in layouts:
-        for label, size in (("batch on", batch_size), ("batch off", 1)):
+        cells = [(lay, on_off, size) for lay in layouts for on_off, size in (("on", batch_size), ("off", 1))]
+        if n > 0:  # a comparison ingress: the default layout with batching
+            cells = [(default if default in layouts else layouts[0], "on", batch_size)]
+        for layout, on_off, size in cells:
             cfg.serve.layout, cfg.serve.batch_max_size = layout, size
             url = start_serve(cfg)
-            results[f"{layout} batch {label.split()[1]}"] = {
-                c: bench_http(url, bodies, c, args.requests) for c in levels
-            }
+            label = f"{layout} batch {on_off}" if n == 0 else f"{layout} {ingress}"
+            results[label] = {c: bench_http(url, bodies, c, cell_requests(c, args.requests)) for c in levels}
             serve.delete("mel")
-    if layouts:
         serve.shutdown()
         ray.shutdown()
-
-    default = load_config().serve.layout
     print(
         f"\nbench_serve: {len(bodies)} entities, {args.requests} requests per cell, model {model_dir}, "
         f"batch_max_size {batch_size}, torch threads {threads}, host CPUs {os.cpu_count()}"
@@ -481,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.serve.consistency_level}): "
             + ", ".join(f"{n}: p50 {r['p50']:.1f} ms" for n, r in kb.items())
         )
-    print_results(results, kb, layouts, levels, default if default in layouts or not layouts else layouts[0])
+    print_results(
+        results, kb, layouts, levels, default if default in layouts or not layouts else layouts[0], ingresses
+    )
     return 0
 
 

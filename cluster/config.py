@@ -97,6 +97,12 @@ class DMEConfig:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    # how HTTP reaches the ingress replica (cluster/serve/ingress.py): haproxy = Ray Serve's HAProxy ingress,
+    # straight to the replica's own HTTP server; proxy = Serve's Python proxy actor (two actor calls more)
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    drain_s: float = (
+        2.0  # haproxy: how long a stopping ingress replica still answers (Serve's default is 30 s)
+    )
     num_replicas: int = 1
     max_replicas: int = 1  # > num_replicas enables autoscaling
     max_ongoing_requests: int = 32

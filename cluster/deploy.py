@@ -20,7 +20,14 @@ IMAGE = "ghcr.io/your-org/mel-mmoe:0.1.0"  # build from this repo: pip install .
 RAY_VERSION = "2.60.0"
 
 
-def _head_group() -> dict:
+def _serve_env(cfg) -> list[dict]:
+    """Serve's ingress switches (`serve.ingress`) on every Ray container: Serve reads them when Ray starts."""
+    from cluster.serve.ingress import ingress_env
+
+    return [{"name": k, "value": v} for k, v in ingress_env(cfg.serve, here=False).items()]
+
+
+def _head_group(cfg) -> dict:
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # keep work off the head
         "template": {
@@ -29,6 +36,7 @@ def _head_group() -> dict:
                     {
                         "name": "ray-head",
                         "image": IMAGE,
+                        "env": _serve_env(cfg),
                         "resources": {"limits": {"cpu": "4", "memory": "16Gi"}},
                         "ports": [{"containerPort": 6379}, {"containerPort": 8265}, {"containerPort": 8000}],
                     }
@@ -38,7 +46,7 @@ def _head_group() -> dict:
     }
 
 
-def _gpu_group(replicas: int) -> dict:
+def _gpu_group(cfg, replicas: int) -> dict:
     return {
         "groupName": "gpu-workers",
         "replicas": replicas,
@@ -51,6 +59,7 @@ def _gpu_group(replicas: int) -> dict:
                     {
                         "name": "ray-worker",
                         "image": IMAGE,
+                        "env": _serve_env(cfg),
                         "resources": {"limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}},
                     }
                 ]
@@ -63,8 +72,8 @@ def _cluster_spec(cfg) -> dict:
     return {
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
-        "headGroupSpec": _head_group(),
-        "workerGroupSpecs": [_gpu_group(max(cfg.train.num_workers, cfg.encoder.num_actors))],
+        "headGroupSpec": _head_group(cfg),
+        "workerGroupSpecs": [_gpu_group(cfg, max(cfg.train.num_workers, cfg.encoder.num_actors))],
     }
 
 
@@ -73,7 +82,13 @@ def _mel_command(subcommand: str) -> str:
     return f"mel --config /config/ray_config.yaml --set ray.address=auto {subcommand}"
 
 
-def ray_launcher(storage_cfg) -> dict:
+def ray_launcher(cfg) -> dict:
+    from cluster.serve.ingress import ingress_env
+
+    env = " ".join(
+        f"{k}={v}" for k, v in ingress_env(cfg.serve, here=False).items()
+    )  # Serve's switches, before `ray start`
+    storage_cfg = cfg.storage
     return {
         "cluster_name": "mel",
         "max_workers": 8,
@@ -94,8 +109,11 @@ def ray_launcher(storage_cfg) -> dict:
         },
         "head_node_type": "head",
         "setup_commands": [],
-        "head_start_ray_commands": ["ray stop", "ray start --head --port=6379 --dashboard-host=0.0.0.0"],
-        "worker_start_ray_commands": ["ray stop", "ray start --address=$RAY_HEAD_IP:6379"],
+        "head_start_ray_commands": [
+            "ray stop",
+            f"{env} ray start --head --port=6379 --dashboard-host=0.0.0.0",
+        ],
+        "worker_start_ray_commands": ["ray stop", f"{env} ray start --address=$RAY_HEAD_IP:6379"],
     }
 
 
@@ -162,7 +180,7 @@ Then set `milvus.uri: http://<host>:19530` and `milvus.token: <user:password or 
 def render_all(cfg) -> dict[str, str]:
     dump = lambda doc: yaml.safe_dump(doc, sort_keys=False)  # noqa: E731
     return {
-        "ray-cluster.yaml": dump(ray_launcher(cfg.storage)),
+        "ray-cluster.yaml": dump(ray_launcher(cfg)),
         "raycluster.yaml": dump(raycluster(cfg)),
         "rayjob-index.yaml": dump(rayjob(cfg, "index")),
         "rayjob-train.yaml": dump(rayjob(cfg, "train")),

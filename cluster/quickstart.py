@@ -128,13 +128,14 @@ def run_quickstart(cfg, n_demo: int = 6) -> QuickstartResult:
     from cluster.evaluate.run import run_eval
     from cluster.index.run import run_index_job
     from cluster.runtime import init_ray, shutdown_ray
+    from cluster.serve.ingress import ingress_env
     from cluster.train.run import run_training
     from kb_builder.build import build_kb
     from kb_builder.storage import Storage
 
     result = QuickstartResult(serve_url=f"http://{cfg.serve.host}:{cfg.serve.port}")
     owns_ray = not ray.is_initialized()  # a caller's Ray (e.g. a test session) is left running
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, env=ingress_env(cfg.serve))  # the same Ray serves at the end
     try:
         with _Timer(result, "kb build"):
             report = build_kb(cfg.kb, cfg.storage, image_roots=cfg.encoder.allowed_image_roots)

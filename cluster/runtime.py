@@ -51,14 +51,21 @@ def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or verbose()
 
 
-def init_ray(ray_cfg) -> None:
-    """Reuse a running Ray; else start a local one ("local") or join `ray_cfg.address`."""
+def init_ray(ray_cfg, env: dict[str, str] | None = None) -> None:
+    """Reuse a running Ray; else start a local one ("local") or join `ray_cfg.address`.
+
+    `env`: variables that Ray's own processes read when they start (Serve's ingress switches,
+    `cluster.serve.ingress`). A local Ray's raylet inherits this process's environment, so they go there
+    too; a running Ray keeps the environment it started with."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray_cfg.address == "local":
+        os.environ.update(env or {})
     env_vars = {
+        **(env or {}),
         "PYTHONPATH": str(REPO),  # workers import our packages even when the repository is not pip-installed
         # Ray Train's print patch tees each progress line to stdout and to its logger: every line showed twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",

@@ -39,15 +39,23 @@ def wait_until(
 
 
 def init_test_ray() -> None:
-    """The tests' local Ray (2 CPUs, small object store); a no-op when one is running."""
+    """The tests' local Ray (2 CPUs, small object store); a no-op when one is running. Serve runs with the
+    default `serve.ingress`, as `mel serve` would (its switches are read when Ray starts)."""
+    import os
+
     import ray
 
+    from cluster.config import ServeConfig
+    from cluster.serve.ingress import ingress_env
+
     if not ray.is_initialized():
+        env = ingress_env(ServeConfig())
+        os.environ.update(env)
         ray.init(
             num_cpus=2,
             object_store_memory=300 * 1024 * 1024,
             include_dashboard=False,
             log_to_driver=False,
             namespace="mel-tests",
-            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **env}},
         )

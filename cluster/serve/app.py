@@ -395,8 +395,9 @@ def start_serve(cfg: MELConfig) -> str:
     from ray.serve.schema import LoggingConfig
 
     from cluster.runtime import init_ray, quiet_ray_logs, verbose
+    from cluster.serve.ingress import ingress_env
 
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, env=ingress_env(cfg.serve))
     cfg = _local_lite_server(cfg)
     logging_config = LoggingConfig(  # Serve's own lines go to its log files unless `mel --verbose`
         enable_access_log=cfg.serve.access_log, log_level="INFO" if verbose() else "ERROR"
@@ -406,7 +407,9 @@ def start_serve(cfg: MELConfig) -> str:
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=logging_config)
     host, port = _proxy_address(cfg.serve.host, cfg.serve.port)
     _wait_for_port(host, port)
-    return f"http://{host}:{port}"
+    url = f"http://{host}:{port}"
+    _check_ingress(url, cfg.serve.ingress)
+    return url
 
 
 def _proxy_address(host: str, port: int) -> tuple[str, int]:
@@ -445,6 +448,33 @@ def _wait_for_port(host: str, port: int, timeout_s: float = 120.0) -> None:
                     f"Serve's HTTP proxy is not listening on {host}:{port} after {timeout_s:.0f} s"
                 ) from None
             time.sleep(0.25)
+
+
+def _check_ingress(url: str, configured: str, timeout_s: float = 60.0) -> None:
+    """Wait until the app answers through the port (HAProxy learns its routes a moment after `serve.run`), then
+    warn if Serve runs another ingress than `serve.ingress` (a Ray started earlier keeps its own switches)."""
+    import httpx
+
+    probe = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://127.0.0.1:")
+    deadline = time.monotonic() + timeout_s
+    live = None
+    while live is None:
+        try:
+            live = httpx.get(f"{probe}/readyz", timeout=10).json().get("ingress")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        if live is None and time.monotonic() > deadline:
+            log.warning("the app does not answer at %s/readyz after %.0f s", probe, timeout_s)
+            return
+        if live is None:
+            time.sleep(0.25)
+    if live != configured:
+        log.warning(
+            "serve.ingress is %s but Serve runs with %s: the Ray it runs on was started without its switches "
+            "(see cluster/serve/ingress.py)",
+            configured,
+            live,
+        )
 
 
 def run_serve(cfg: MELConfig) -> None:

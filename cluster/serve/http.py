@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.serve.client_images import ClientImages
 from cluster.serve.guard import IndexModelMismatch
+from cluster.serve.ingress import running_ingress
 from cluster.serve.schemas import (
     BatchLinkRequest,
     BatchLinkResponse,
@@ -286,9 +287,11 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz(request: Request):
-        """Readiness: 503 until the model is loaded and the alias points at a non-empty collection."""
+        """Readiness: 503 until the model is loaded and the alias points at a non-empty collection; `ingress`
+        is how HTTP reaches this replica (`serve.ingress`, as Serve really started)."""
         ready, detail = await backend.readiness()
-        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+        body = {"ready": ready, "ingress": running_ingress(), **detail}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.post("/link", response_model=LinkResponse, response_model_exclude_none=True)
     async def link(body: LinkRequest, request: Request) -> dict:

@@ -33,3 +33,10 @@ def test_manifests_parse_and_reference_entry_points():
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     launcher = docs["ray-cluster.yaml"]
     assert launcher["head_node_type"] in launcher["available_node_types"]
+    # Serve's ingress switch is in every Ray process's environment from the start (serve.ingress: haproxy)
+    for group in [docs["raycluster.yaml"]["spec"]["headGroupSpec"], workers]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = launcher[key][-1]
+        assert start.startswith("RAY_SERVE_ENABLE_HA_PROXY=1 ") and " ray start " in start, start

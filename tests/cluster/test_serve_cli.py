@@ -35,7 +35,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("ingress", ["haproxy", "proxy"])
+def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path, ingress):
     from milvus_lite.server_manager import server_manager_instance
 
     from cluster.artifacts import serving_model_dir
@@ -54,6 +55,7 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
         f"serve.port={port}",
         "serve.num_cpus_per_replica=0.1",
         "ray.num_cpus=2",
+        f"serve.ingress={ingress}",
     ]
     cfg = load_config(overrides=sets)
     build_kb(cfg.kb, cfg.storage, progress=False)
@@ -83,6 +85,7 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
         status = wait_ready(url, attempts=600, give_up=lambda: child.poll() is not None)
         assert child.poll() is None, f"mel serve exited early:\n{Path(log.name).read_text()[-3000:]}"
         assert status == 200
+        assert httpx.get(f"{url}/readyz", timeout=60).json()["ingress"] == ingress  # the Ray it started
         gold = entities[0]
         reply = httpx.post(f"{url}/link", json={"mention": gold["name"], "top_k": 5}, timeout=60)
         assert reply.status_code == 200 and len(reply.json()["candidates"]) == 5
@@ -99,6 +102,7 @@ def test_mel_serve_links_then_stops_cleanly_on_ctrl_c(tmp_path):
     assert "serving at" in output and "shutting down Serve" in output
     assert f"playground: open {url}/ui/" in output
     assert "Traceback" not in output, output[-3000:]
+    assert "serve.ingress is" not in output  # no warning that Serve runs another ingress
     try:  # Ray's own processes (raylet, GCS) follow the driver out
         wait_until(lambda: not _group_alive(child.pid) and _port_is_free(port), timeout_s=60, interval_s=1.0)
     except AssertionError:

@@ -29,6 +29,7 @@ def test_health_and_readiness(served_kb, client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["entities"] == len(served_kb.entities)
+    assert ready.json()["ingress"] == "haproxy"  # the default serve.ingress: HAProxy to the replica itself
     assert client.get("/docs").status_code == 200
     assert "/link/batch" in client.get("/openapi.json").json()["paths"]
 
