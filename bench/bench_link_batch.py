@@ -88,6 +88,7 @@ def main() -> int:
     from cluster.config import load_config
     from cluster.runtime import init_ray
     from cluster.serve.app import start_serve
+    from cluster.serve.ingress import ingress_env
     from cluster.serve.pipeline import Linker
     from workers.images import ImageLoader
 
@@ -115,7 +116,7 @@ def main() -> int:
     loop_rps = bench_loop(linker, images, sample[: args.loop], top_k)
     del linker
 
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, env=ingress_env(cfg.serve))  # /link as `mel serve` runs it (serve.ingress)
     url = start_serve(cfg)
     http_rps = bench_http(url, sample[: args.requests], args.concurrency, top_k)
     serve.shutdown()  # free the CPUs for the batch actors

@@ -27,7 +27,7 @@ from workers.config import EncoderConfig, MilvusConfig
 from workers.encoder import EncodedEntities, EntityEncoder, concat_encoded
 from workers.feature_cache import FeatureCache
 from workers.images import ImageLoader
-from workers.milvus_store import ID_MAX_BYTES, PARTITION_FIELD, MilvusStore
+from workers.milvus_store import ID_MAX_BYTES, PARTITION_FIELD, MilvusStore, lite_advice
 from workers.ray_pool import EncodingPool
 
 
@@ -51,6 +51,7 @@ class IndexReport:
     # Wall seconds per stage. Driver: setup, pool start, encode wait (blocked on the encoders), write wait
     # (blocked on the writer), publish. Writer thread, overlapping the encoders: milvus write, flush, features.
     stages: dict[str, float] = field(default_factory=dict)
+    advice: str = ""  # e.g. a large KB in a Milvus Lite file (milvus_store.lite_advice)
 
     def lap(self, stage: str, since: float) -> float:
         """Add the seconds since `since` to `stage`; -> now (the next lap's start)."""
@@ -80,6 +81,8 @@ class IndexReport:
         ]
         if self.stages:
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.stages.items()))
+        if self.advice:
+            lines.append(f"  advice: {self.advice}")
         lines += [f"  image error: {e}" for e in self.image_errors[:5]]
         lines += [f"  failed: {e}" for e in self.failures[:5]]
         return "\n".join(lines)
@@ -288,6 +291,7 @@ def run_index(
             store, collection, sum(s["rows"] for s in progress_file.state["shards"].values()), 3600.0
         )
     report.total = store.count(collection)
+    report.advice = lite_advice(milvus_uri, report.total, milvus_cfg.lite_advice_entities) or ""
     if mode == "full" and all(progress_file.done(n) for n in names):
         progress_file.save(complete=True, kb_version=manifest["kb_version"], model_hash=tag, dim=dim)
         before = store.current_collection()

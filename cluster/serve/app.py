@@ -398,6 +398,7 @@ def start_serve(cfg: MELConfig) -> str:
     from cluster.serve.ingress import ingress_env
 
     init_ray(cfg.ray, env=ingress_env(cfg.serve))
+    configured_uri = milvus_uri(cfg)
     cfg = _local_lite_server(cfg)
     logging_config = LoggingConfig(  # Serve's own lines go to its log files unless `mel --verbose`
         enable_access_log=cfg.serve.access_log, log_level="INFO" if verbose() else "ERROR"
@@ -408,7 +409,7 @@ def start_serve(cfg: MELConfig) -> str:
     host, port = _proxy_address(cfg.serve.host, cfg.serve.port)
     _wait_for_port(host, port)
     url = f"http://{host}:{port}"
-    _check_ingress(url, cfg.serve.ingress)
+    _check_started(url, cfg, configured_uri)
     return url
 
 
@@ -450,31 +451,38 @@ def _wait_for_port(host: str, port: int, timeout_s: float = 120.0) -> None:
             time.sleep(0.25)
 
 
-def _check_ingress(url: str, configured: str, timeout_s: float = 60.0) -> None:
-    """Wait until the app answers through the port (HAProxy learns its routes a moment after `serve.run`), then
-    warn if Serve runs another ingress than `serve.ingress` (a Ray started earlier keeps its own switches)."""
+def _check_started(url: str, cfg: MELConfig, configured_uri: str, timeout_s: float = 60.0) -> None:
+    """Wait until the app answers through the port (HAProxy learns its routes a moment after `serve.run`); warn
+    if Serve runs another ingress than `serve.ingress` (a Ray started earlier keeps its own switches), and if
+    a Milvus Lite file holds a KB too large for it (`milvus.lite_advice_entities`)."""
     import httpx
+
+    from workers.milvus_store import lite_advice
 
     probe = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://127.0.0.1:")
     deadline = time.monotonic() + timeout_s
-    live = None
-    while live is None:
+    body: dict = {}
+    while "ingress" not in body:
         try:
-            live = httpx.get(f"{probe}/readyz", timeout=10).json().get("ingress")
-        except (httpx.HTTPError, ValueError, AttributeError):
+            body = httpx.get(f"{probe}/readyz", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
             pass
-        if live is None and time.monotonic() > deadline:
+        if "ingress" not in body and time.monotonic() > deadline:
             log.warning("the app does not answer at %s/readyz after %.0f s", probe, timeout_s)
             return
-        if live is None:
+        if "ingress" not in body:
             time.sleep(0.25)
-    if live != configured:
+    if body["ingress"] != cfg.serve.ingress:
         log.warning(
             "serve.ingress is %s but Serve runs with %s: the Ray it runs on was started without its switches "
             "(see cluster/serve/ingress.py)",
-            configured,
-            live,
+            cfg.serve.ingress,
+            body["ingress"],
         )
+    entities = body.get("entities")
+    if advice := lite_advice(configured_uri, entities if isinstance(entities, int) else 0,
+                             cfg.milvus.lite_advice_entities):  # fmt: skip
+        log.warning(advice)
 
 
 def run_serve(cfg: MELConfig) -> None:

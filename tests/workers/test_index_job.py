@@ -64,6 +64,7 @@ def test_full_index_resumes_survives_a_crash_and_reruns_as_noop(kb_env, ray_sess
     }
     assert set(second.stages) == stages and all(v >= 0 for v in second.stages.values())
     assert "stages: setup" in second.summary()
+    assert "advice" not in second.summary()  # 60 entities: Milvus Lite is the right store
 
     # broken images were counted and named, never fatal (shards 0 and 1 hold E00003, E00007, E00011)
     errors = first.image_errors + second.image_errors
@@ -73,10 +74,18 @@ def test_full_index_resumes_survives_a_crash_and_reruns_as_noop(kb_env, ray_sess
     flags = {r["entity_id"]: r["has_image"] for r in store.get(["E00003", "E00011", "E00004"])}
     assert flags == {"E00003": False, "E00011": False, "E00004": True}
 
-    # 3. a third run is a no-op: nothing re-encoded, same count
-    third = index(cfg, model_dir)
+    # 3. a third run is a no-op: nothing re-encoded, same count; above milvus.lite_advice_entities (here
+    # lowered to 50) its summary advises a Milvus server
+    default_advice = cfg.milvus.lite_advice_entities
+    cfg.milvus.lite_advice_entities = 50
+    try:
+        third = index(cfg, model_dir)
+    finally:
+        cfg.milvus.lite_advice_entities = default_advice
     assert (third.encoded, third.skipped_shards, third.total, third.swapped) == (0, 3, 60, False)
     assert "indexed 0 entities" in third.summary()
+    assert "advice: 60 entities in a Milvus Lite file" in third.summary()
+    assert "set milvus.uri to a Milvus server" in third.advice
     store.close()
 
 

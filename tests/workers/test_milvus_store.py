@@ -176,3 +176,15 @@ def test_partition_key_filter_never_crosses_partitions(store):
     assert "e0" in {h.entity_id for h in place} and "e0" not in {h.entity_id for h in person}
     assert (len(place), len(person)) == (21, 19)
     keyed.close()
+
+
+def test_lite_advice_only_for_a_large_kb_in_a_lite_file():
+    from workers.milvus_store import lite_advice
+
+    advice = lite_advice("/data/milvus.db", 110_000, 10_000)
+    assert (
+        advice.startswith("110,000 entities in a Milvus Lite file") and "milvus.index_type to HNSW" in advice
+    )
+    assert lite_advice("/data/milvus.db", 10_000, 10_000) is None  # at the threshold: still Lite's size
+    assert lite_advice("http://milvus:19530", 5_000_000, 10_000) is None  # already a server
+    assert lite_advice("/data/milvus.db", 5_000_000, 0) is None  # 0 turns the advice off

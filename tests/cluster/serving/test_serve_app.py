@@ -203,3 +203,21 @@ def test_a_collection_indexed_by_another_model_is_refused_until_the_alias_is_fix
         swap_alias(served_kb.cfg, served_kb.collection)
     wait_until(lambda: client.get("/readyz").status_code == 200, what="readiness after the alias fix")
     assert client.post("/link", json=gold_body(served_kb.entities[0], top_k=5)).status_code == 200
+
+
+def test_start_check_warns_of_another_ingress_and_of_a_large_kb_in_a_lite_file(served_kb, caplog):
+    """What `start_serve` checks once the app answers: the ingress really running, and the KB's size on Lite."""
+    import copy
+    import logging
+
+    from cluster.serve.app import _check_started
+
+    cfg = copy.deepcopy(served_kb.cfg)
+    with caplog.at_level(logging.WARNING, logger="mel.serve"):
+        _check_started(served_kb.url, cfg, "/data/milvus.db")  # as configured: silent
+    assert caplog.text == ""
+    cfg.serve.ingress, cfg.milvus.lite_advice_entities = "proxy", 50
+    with caplog.at_level(logging.WARNING, logger="mel.serve"):
+        _check_started(served_kb.url, cfg, "/data/milvus.db")
+    assert "serve.ingress is proxy but Serve runs with haproxy" in caplog.text
+    assert f"{len(served_kb.entities)} entities in a Milvus Lite file" in caplog.text
