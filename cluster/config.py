@@ -100,9 +100,8 @@ class ServeConfig:
     # how HTTP reaches the ingress replica (cluster/serve/ingress.py): haproxy = Ray Serve's HAProxy ingress,
     # straight to the replica's own HTTP server; proxy = Serve's Python proxy actor (two actor calls more)
     ingress: Literal["haproxy", "proxy"] = "haproxy"
-    drain_s: float = (
-        2.0  # haproxy: how long a stopping ingress replica still answers (Serve's default is 30 s)
-    )
+    # haproxy: how long a stopping ingress replica still answers (Serve's default is 30 s)
+    drain_s: float = 2.0
     num_replicas: int = 1
     max_replicas: int = 1  # > num_replicas enables autoscaling
     max_ongoing_requests: int = 32

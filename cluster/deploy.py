@@ -85,14 +85,12 @@ def _mel_command(subcommand: str) -> str:
 def ray_launcher(cfg) -> dict:
     from cluster.serve.ingress import ingress_env
 
-    env = " ".join(
-        f"{k}={v}" for k, v in ingress_env(cfg.serve, here=False).items()
-    )  # Serve's switches, before `ray start`
-    storage_cfg = cfg.storage
+    # Serve's switches, in the environment of `ray start`
+    env = " ".join(f"{k}={v}" for k, v in ingress_env(cfg.serve, here=False).items())
     return {
         "cluster_name": "mel",
         "max_workers": 8,
-        "provider": {"type": "aws", "region": storage_cfg.s3_region or "us-east-1"},
+        "provider": {"type": "aws", "region": cfg.storage.s3_region or "us-east-1"},
         "docker": {"image": IMAGE, "container_name": "ray", "run_options": ["--gpus all"]},
         "available_node_types": {
             "head": {

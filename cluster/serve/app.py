@@ -461,17 +461,17 @@ def _check_started(url: str, cfg: MELConfig, configured_uri: str, timeout_s: flo
 
     probe = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://127.0.0.1:")
     deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while "ingress" not in body:
+    while True:
         try:
             body = httpx.get(f"{probe}/readyz", timeout=10).json()
+            if isinstance(body, dict) and "ingress" in body:
+                break
         except (httpx.HTTPError, ValueError):
             pass
-        if "ingress" not in body and time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             log.warning("the app does not answer at %s/readyz after %.0f s", probe, timeout_s)
             return
-        if "ingress" not in body:
-            time.sleep(0.25)
+        time.sleep(0.25)
     if body["ingress"] != cfg.serve.ingress:
         log.warning(
             "serve.ingress is %s but Serve runs with %s: the Ray it runs on was started without its switches "
@@ -480,8 +480,8 @@ def _check_started(url: str, cfg: MELConfig, configured_uri: str, timeout_s: flo
             body["ingress"],
         )
     entities = body.get("entities")
-    if advice := lite_advice(configured_uri, entities if isinstance(entities, int) else 0,
-                             cfg.milvus.lite_advice_entities):  # fmt: skip
+    entities = entities if isinstance(entities, int) else 0  # absent while not ready
+    if advice := lite_advice(configured_uri, entities, cfg.milvus.lite_advice_entities):
         log.warning(advice)
 
 
