@@ -361,12 +361,66 @@ def _own_etcd_ports(config) -> None:
     _edit_milvus_yaml(config, edit)
 
 
-def start_embedded_server(base_dir: str, port: int = 0, segment_max_mb: int = 0):
+@dataclass(frozen=True)
+class ObjectStore:
+    """An S3-compatible bucket that an embedded server keeps its data in, as a production server keeps it in
+    MinIO or S3 (`common.storageType: minio`): moto's server in the tests. Bulk-import files then go to
+    s3://<bucket>/... and the server reads them from there."""
+
+    endpoint_url: str  # http://host:port (path-style requests, as MinIO and moto answer them)
+    bucket: str  # must exist
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+
+def _minio_section(store: ObjectStore) -> Callable[[Path, str], str]:
+    """A milvus.yaml edit: storage in `store` instead of local disk (the template's `minio:` keys, set in place)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(store.endpoint_url)
+    if url.scheme not in ("http", "https") or not url.hostname or not url.port:
+        raise ValueError(f"object store endpoint {store.endpoint_url!r}: expected http(s)://host:port")
+    values = {
+        "address": url.hostname,
+        "port": str(url.port),
+        "accessKeyID": store.access_key,
+        "secretAccessKey": store.secret_key,
+        "useSSL": "true" if url.scheme == "https" else "false",
+        "bucketName": store.bucket,
+        "region": f'"{store.region}"',
+        "useVirtualHost": "false",
+    }
+
+    def edit(_configs: Path, text: str) -> str:
+        lines, section, done = text.split("\n"), "", set()
+        for i, line in enumerate(lines):
+            if line and not line.startswith((" ", "#")):
+                section = line.split(":", 1)[0]
+            key = line.strip().split(":", 1)[0]
+            if section == "minio" and line.startswith("  ") and not line.startswith("   ") and key in values:
+                lines[i] = f"  {key}: {values[key]}"
+                done.add(key)
+        if done != set(values):
+            raise RuntimeError(f"embedded Milvus config lacks minio keys {sorted(set(values) - done)}")
+        text = "\n".join(lines)
+        marker = "  storageType: local"
+        if marker not in text:
+            raise RuntimeError("embedded Milvus config has no common.storageType line to set")
+        return text.replace(marker, "  storageType: minio", 1)
+
+    return edit
+
+
+def start_embedded_server(
+    base_dir: str, port: int = 0, segment_max_mb: int = 0, object_store: ObjectStore | None = None
+):
     """Start the embedded Milvus 2.3 standalone server (PyPI `milvus`, a dev/test dependency) with its data under
     `base_dir`, on `port` (0 = a free one), sealed segments up to `segment_max_mb` (0 = the package's 512);
-    -> (server, uri, local_storage_dir). Stop it with server.stop().
-    It stores on local disk, so bulk-import files go under local_storage_dir (milvus.bulk_dir). Several can run
-    on one machine at once (each has its own etcd ports)."""
+    -> (server, uri, bulk_root). Stop it with server.stop().
+    It stores on local disk, and bulk-import files go under that disk's folder `bulk_root` (milvus.bulk_dir);
+    with `object_store` it stores in that bucket, and `bulk_root` is s3://<bucket>. Several can run on one
+    machine at once (each has its own etcd ports)."""
     from milvus import MilvusServer
 
     server = MilvusServer()
@@ -376,10 +430,15 @@ def start_embedded_server(base_dir: str, port: int = 0, segment_max_mb: int = 0)
     _own_etcd_ports(server.config)
     if segment_max_mb:
         _segment_max_size(server.config, segment_max_mb)
+    if object_store is not None:
+        _edit_milvus_yaml(server.config, _minio_section(object_store))
     try:
         server.start()
     except BaseException:
         server.stop()
         raise
-    storage = server.config.configurable_items["local_storage_dir"][1]
-    return server, f"http://127.0.0.1:{server.listen_port}", storage
+    if object_store is not None:
+        bulk_root = f"s3://{object_store.bucket}"
+    else:
+        bulk_root = server.config.configurable_items["local_storage_dir"][1]
+    return server, f"http://127.0.0.1:{server.listen_port}", bulk_root
