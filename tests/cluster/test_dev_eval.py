@@ -103,6 +103,40 @@ def test_two_workers_share_dev_eval_and_agree_with_one(dev, protocol, tmp_path):
         assert both[0][key] == pytest.approx(value, abs=1e-6), key
 
 
+def _gather_main(rank, world, port, out_dir):
+    from cluster.evaluate.dev import gather_rows, my_slice, slice_bounds
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        for n in (8, 7, 1):  # equal slices, slices of 4 and 3, a slice of 1 and an empty one
+            rows = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+            flags = torch.arange(n) % 2 == 0
+            mine = torch.stack(my_slice(list(rows), rank, world)) if n > rank else rows[:0]
+            got = gather_rows(mine, slice_bounds(n, world))
+            got_flags = gather_rows(
+                torch.tensor(my_slice(flags.tolist(), rank, world), dtype=torch.uint8), slice_bounds(n, world)
+            )
+            (out_dir / f"gather{rank}_{n}.json").write_text(json.dumps([got.tolist(), got_flags.tolist()]))
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gather_rows_returns_every_ranks_slice_in_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_main, args=(2, free_port(), tmp_path), nprocs=2)
+    for n in (8, 7, 1):
+        expected = [
+            torch.arange(n * 3, dtype=torch.float32).reshape(n, 3).tolist(),
+            [int(i % 2 == 0) for i in range(n)],
+        ]
+        for rank in (0, 1):
+            assert json.loads((tmp_path / f"gather{rank}_{n}.json").read_text()) == expected, (rank, n)
+
+
 def test_refreshed_negatives_come_from_the_current_models_top_entities(dev):
     from cluster.evaluate.dev import shared_entities
     from cluster.evaluate.features import encode_mention_batches
