@@ -175,7 +175,7 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
     model, processor = load_pretrained(model_dir)  # the untrained model, as the ranks used
     with torch.no_grad():
         t0 = time.perf_counter()
-        feats = encode_entities(model, builder, entities, ev.batch_size, "exhaustive: entity encoding")
+        feats = encode_entities(model, builder, entities, ev.entity_batch_size, "exhaustive: entity encoding")
         encode_s = time.perf_counter() - t0
         subset = dev[: args.exhaustive_dev]
         t0 = time.perf_counter()

@@ -67,6 +67,9 @@ class TrainConfig:
 class EvalConfig:
     retrieve_k: int = 100  # ANN candidates per mention for the system protocol
     batch_size: int = 64
+    # records per forward pass when evaluation only encodes entities (vectors, caches): 256 ran 1.27x faster
+    # than 64 on the tiny model (per-op overhead); scoring stays at batch_size, where larger batches were slower
+    entity_batch_size: int = 256
     entity_chunk: int = 4096  # entities scored at once in the exhaustive protocol
     ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
     dme_ablation: bool = True  # also report metrics with DME off

@@ -160,12 +160,24 @@ def shared_caches(
 
 
 def system_ranks(
-    model, builder, dev_rows, entity_rows, batch_size: int, top_k: int, rank: int, world: int, laps=None
+    model,
+    builder,
+    dev_rows,
+    entity_rows,
+    batch_size: int,
+    top_k: int,
+    rank: int,
+    world: int,
+    laps=None,
+    entity_batch_size: int = 0,
 ) -> torch.Tensor:
-    """This rank's share of the system protocol: ranks of its `my_slice(dev_rows)` (K+1 = not retrieved)."""
+    """This rank's share of the system protocol: ranks of its `my_slice(dev_rows)` (K+1 = not retrieved).
+    Entities are encoded `entity_batch_size` at a time (0: `batch_size`), mentions and scores `batch_size`."""
     laps = laps or Laps()
     label = "[dev] entity vectors"
-    entities, backbones = shared_vectors(model, builder, entity_rows, batch_size, rank, world, label, laps)
+    entities, backbones = shared_vectors(
+        model, builder, entity_rows, entity_batch_size or batch_size, rank, world, label, laps
+    )
     rows = my_slice(dev_rows, rank, world)
     label = "[dev] mention encoding" + (f" (rank 0 of {world})" if world > 1 else "")
     k = min(top_k, len(entity_rows))
@@ -236,10 +248,19 @@ def dev_metrics(
     top_k = min(top_k or eval_cfg.retrieve_k, len(entity_rows))
     if protocol == "system":
         mine = system_ranks(
-            model, builder, dev_rows, entity_rows, eval_cfg.batch_size, top_k, rank, world, Laps(timings)
+            model,
+            builder,
+            dev_rows,
+            entity_rows,
+            eval_cfg.batch_size,
+            top_k,
+            rank,
+            world,
+            Laps(timings),
+            eval_cfg.entity_batch_size,
         )
     else:
-        entities = shared_entities(model, builder, entity_rows, eval_cfg.batch_size, rank, world)
+        entities = shared_entities(model, builder, entity_rows, eval_cfg.entity_batch_size, rank, world)
         label = "[dev] exhaustive scoring" + (f" (rank 0 of {world})" if world > 1 else "")
         mine = exhaustive_ranks(
             model,

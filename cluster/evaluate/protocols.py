@@ -219,6 +219,6 @@ def exhaustive_metrics(
             getattr(model, "module", model), builder, rows, entity_rows, eval_cfg
         )
 
-    entities = encode_entities(model, builder, entity_rows, eval_cfg.batch_size)
+    entities = encode_entities(model, builder, entity_rows, eval_cfg.entity_batch_size)
     result = exhaustive_ranks(model, builder, rows, entities, eval_cfg.batch_size, eval_cfg.entity_chunk)
     return hits_and_mrr(result.ranks[result.ranks > 0], eval_cfg.ks)

@@ -108,7 +108,7 @@ def evaluate(cfg, model_dir, split: str = "test", checkpoint: str = "") -> dict:
     rows_frame, nil_skipped = linked_mentions(storage, cfg.kb.name, split, dme)
     rows = rows_frame.to_dicts()
     entities = encode_entities(
-        model, builder, entity_rows(storage, cfg.kb.name), ev.batch_size, "eval entities"
+        model, builder, entity_rows(storage, cfg.kb.name), ev.entity_batch_size, "eval entities"
     )
     store, collection, cache = ensure_eval_index(cfg, storage, model_dir, entities)
     settings = [("", True)] + ([(" (DME off)", False)] if dme and ev.dme_ablation else [])

@@ -201,7 +201,7 @@ class Trainer:
             self.model,
             self.builder,
             self.config["entity_rows"],
-            self.cfg.eval.batch_size,
+            self.cfg.eval.entity_batch_size,
             self.rank,
             self.world,
             f"[train] negatives refresh epoch {epoch + 1}: entity vectors",
