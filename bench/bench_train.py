@@ -28,13 +28,13 @@ def timed_steps(step_fn, batches: list, steps: int) -> float:
 
 
 def plain_loop(cfg, model_dir: Path, rows: list[dict], steps: int) -> float:
-    """The same step as cluster.train.loop.Trainer.step, with no Ray and no DDP, on 1 thread (= 1 worker CPU)."""
+    """The training loop's step (`optimizer_step`, as `Trainer.step`), with no Ray and no DDP, on 1 thread
+    (= 1 worker CPU)."""
     import torch
 
     from cluster.inputs import BatchBuilder
-    from cluster.train.loop import entity_side, same_entity_mask
-    from cluster.train.optim import build_optimizer, seed_everything
-    from mmoe.losses import mmoe_loss
+    from cluster.train.loop import optimizer_step
+    from cluster.train.optim import build_optimizer, build_scheduler, seed_everything
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
 
@@ -44,16 +44,10 @@ def plain_loop(cfg, model_dir: Path, rows: list[dict], steps: int) -> float:
     model.train()
     builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
     optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, steps + WARMUP_STEPS)
 
     def step(batch):
-        entity_rows, entity_ids = entity_side(batch, None, 0)
-        out = model(builder.mentions(batch), builder.entities(entity_rows))
-        mask = same_entity_mask([r["gold_entity_id"] for r in batch], entity_ids)
-        loss, _ = mmoe_loss(out, torch.arange(len(batch)), cfg.mmoe, same_entity_mask=mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm or 1e9)
-        optimizer.step()
+        optimizer_step(model, builder, optimizer, cfg, batch, scheduler=scheduler)
 
     bs = cfg.train.batch_size
     return timed_steps(step, [rows[i : i + bs] for i in range(0, len(rows) - bs + 1, bs)], steps)

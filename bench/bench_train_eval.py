@@ -70,24 +70,16 @@ def synthetic(n_entities: int, seed: int = 0) -> tuple[list[dict], list[dict], l
 def step_seconds(cfg, model, builder, rows: list[dict], steps: int) -> tuple[float, float]:
     """Wall and CPU seconds per optimiser step of the training loop's step code (1 thread = 1 worker CPU),
     after 1 warmup."""
-    import torch
-
-    from cluster.train.loop import entity_side, same_entity_mask
-    from cluster.train.optim import build_optimizer
-    from mmoe.losses import mmoe_loss
+    from cluster.train.loop import optimizer_step
+    from cluster.train.optim import build_optimizer, build_scheduler
 
     model.train()
     optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, steps + 1)
     bs = cfg.train.batch_size
 
     def step(batch):
-        entity_rows, entity_ids = entity_side(batch, None, 0)
-        out = model(builder.mentions(batch), builder.entities(entity_rows))
-        mask = same_entity_mask([r["gold_entity_id"] for r in batch], entity_ids)
-        loss, _ = mmoe_loss(out, torch.arange(len(batch)), cfg.mmoe, same_entity_mask=mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(model, builder, optimizer, cfg, batch, scheduler=scheduler)
 
     step(rows[:bs])
     start, cpu = time.perf_counter(), time.process_time()

@@ -67,6 +67,42 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def optimizer_step(
+    model,
+    builder: BatchBuilder,
+    optimizer,
+    cfg,
+    batch: list[dict],
+    *,
+    scheduler=None,
+    entity_lookup: dict | None = None,
+    device=None,
+    autocast=contextlib.nullcontext,
+) -> float:
+    """One optimiser step on one batch; returns the loss. The one step code: `Trainer` runs it under DDP, the
+    training benchmarks run it bare, so what they time is what training does."""
+    from mmoe.losses import mmoe_loss
+
+    device = device or torch.device("cpu")
+    entity_rows, entity_ids = entity_side(batch, entity_lookup, cfg.train.hard_negatives)
+    gold_ids = [r["gold_entity_id"] for r in batch]
+    mentions = to_device(builder.mentions(batch), device)
+    entities = to_device(builder.entities(entity_rows), device)
+    labels = torch.arange(len(batch), device=device)  # mention i's gold is entity column i
+    mask = same_entity_mask(gold_ids, entity_ids).to(device)
+    with autocast():
+        output = model(mentions, entities)
+        loss, _parts = mmoe_loss(output, labels, cfg.mmoe, same_entity_mask=mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.train.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach())
+
+
 def maybe_inject_failure(config: dict, rank: int, world: int, step: int) -> None:
     """Test hook (fault-tolerance test): the last rank raises once at `fail_at_step`, marked by a file."""
     at, marker = config.get("fail_at_step"), config.get("fail_marker")
@@ -118,24 +154,17 @@ class Trainer:
 
     def step(self, batch: list[dict]) -> float:
         """One optimiser step on one batch; returns the loss."""
-        from mmoe.losses import mmoe_loss
-
-        entity_rows, entity_ids = entity_side(batch, self.entity_lookup, self.cfg.train.hard_negatives)
-        gold_ids = [r["gold_entity_id"] for r in batch]
-        mentions = to_device(self.builder.mentions(batch), self.device)
-        entities = to_device(self.builder.entities(entity_rows), self.device)
-        labels = torch.arange(len(batch), device=self.device)  # mention i's gold is entity column i
-        mask = same_entity_mask(gold_ids, entity_ids).to(self.device)
-        with self.autocast():
-            output = self.model(mentions, entities)
-            loss, _parts = mmoe_loss(output, labels, self.cfg.mmoe, same_entity_mask=mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.train.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+        return optimizer_step(
+            self.model,
+            self.builder,
+            self.optimizer,
+            self.cfg,
+            batch,
+            scheduler=self.scheduler,
+            entity_lookup=self.entity_lookup,
+            device=self.device,
+            autocast=self.autocast,
+        )
 
     def report(self, metrics: dict, with_checkpoint: bool) -> None:
         """Every worker reports; rank 0 attaches the checkpoint (Ray Train keeps best dev MRR + latest)."""
