@@ -194,8 +194,16 @@ def _query(body: dict):
     return MentionQuery(body["mention"], body["context"], image, top_k=body["top_k"])
 
 
-def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int) -> dict:
+PACE_S = 0.004  # `in-process paced`: the idle gap before each call, about the HTTP hop + parsing at conc 1
+
+
+def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int, pace_s: float = 0.0) -> dict:
+    """`pace_s` > 0: the core sits idle that long before each call (untimed), as a server's does while a
+    request travels; back to back, the loop keeps the CPU and its caches hot, which no server request sees."""
+
     def one(i: int) -> tuple[float, dict]:
+        if pace_s:
+            time.sleep(pace_s)
         start = time.perf_counter()
         (answer,) = linker.link([_query(bodies[i % len(bodies)])])
         return (time.perf_counter() - start) * 1000, answer["timings_ms"]
@@ -363,6 +371,18 @@ def print_results(
             f"  conc {c:>2}: HTTP/in-process p50 {a['p50'] / here['p50']:.2f}x, "
             f"rps batch on/off {a['rps'] / b['rps']:.2f}x, p50 batch on/off {a['p50'] / b['p50']:.2f}x"
         )
+    if 1 in levels and "in-process paced" in results:
+        a, here, paced = (
+            results[on][1],
+            results["in-process"][1]["p50"],
+            results["in-process paced"][1]["p50"],
+        )
+        hop = a["stages"].get("http", 0.0) + a["stages"].get("parse", 0.0)
+        print(
+            f"  conc  1: HTTP's own stages (http + parse) {hop:.2f} ms: (in-process + them) / in-process "
+            f"{(here + hop) / here:.2f}x; in-process paced ({PACE_S * 1000:.0f} ms idle before each call) "
+            f"{paced:.2f} ms = {paced / here:.2f}x back to back, HTTP / paced {a['p50'] / paced:.2f}x"
+        )
     if len(layouts) > 1:
         for c in levels:
             cells = {lay: results[f"{lay} batch on"][c] for lay in layouts}
@@ -383,8 +403,9 @@ def print_results(
     goal(f"HTTP p50 / in-process p50 at conc {lo}", results[on][lo]["p50"] / local[lo]["p50"], "<= 1.5x",
          results[on][lo]["p50"] <= 1.5 * local[lo]["p50"])  # fmt: skip
     goal(f"in-process p50 at conc {lo} (ms)", local[lo]["p50"], "<= 10", local[lo]["p50"] <= 10)
-    goal(f"HTTP req/s at conc {hi}", results[on][hi]["rps"], ">= 80", results[on][hi]["rps"] >= 80)
-    for c, target in ((hi, 1.5), (lo, 0.95)):
+    if hi >= 32:  # the throughput goals are stated at concurrency 32
+        goal(f"HTTP req/s at conc {hi}", results[on][hi]["rps"], ">= 80", results[on][hi]["rps"] >= 80)
+    for c, target in ((hi, 1.5), (lo, 0.95)) if hi >= 32 else ((lo, 0.95),):
         ratio = results[on][c]["rps"] / results[off][c]["rps"]
         goal(f"rps batch on / off at conc {c}", ratio, f">= {target}x", ratio >= target)
     if len(kb) > 1:
@@ -456,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         bench_in_process(linker, bodies, c, 4)
         results["in-process"][c] = bench_in_process(linker, bodies, c, cell_requests(c, args.requests))
+    if 1 in levels:  # a diagnostic beside the baseline, not a goal's
+        results["in-process paced"] = {1: bench_in_process(linker, bodies, 1, cell_requests(1, 0), PACE_S)}
     sizes = sorted({int(x) for x in args.entities.split(",")})
     kb = {}
     if len(sizes) > 1:
