@@ -2,6 +2,8 @@
 
 Measures p50/p99 latency, requests/s and the p50 of every `timings_ms` stage at concurrency 1, 8 and 32 for
   * `in-process`: `cluster.serve.pipeline.Linker.link` called from a thread pool (no HTTP, no Ray),
+  * `in-process paced` (conc 1, a diagnostic): the same with the core idle 4 ms before each call, as a server's
+    core is while a request travels (back to back, the loop runs on a hot core and cache),
   * `<layout> batch on`: the Serve app in each `serve.layout` (single, split) with batching
     (serve.batch_max_size), over loopback HTTP,
   * `<layout> batch off`: the same app redeployed with batch_max_size 1,
