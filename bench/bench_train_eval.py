@@ -125,6 +125,8 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
         torch.distributed.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     finally:
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads may still hold tensors (it aborted a rank once)
 
 
 def system_dev(cfg, model_dir: Path, dev: list[dict], entities: list[dict], workers: int) -> list[dict]:
