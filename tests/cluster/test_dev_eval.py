@@ -15,16 +15,10 @@ from tests.fixtures import free_port
 
 
 @pytest.fixture
-def dev(mel_config):
+def dev(sample_kb):
     from cluster.inputs import entity_rows, linked_mentions
-    from kb_builder.build import build_kb
-    from kb_builder.storage import Storage
-    from workers.model_store import resolve_model_dir
 
-    cfg = mel_config
-    build_kb(cfg.kb, cfg.storage, progress=False)
-    storage = Storage(cfg.storage)
-    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
+    cfg, storage, model_dir = sample_kb
     rows = linked_mentions(storage, cfg.kb.name, "dev")[0].to_dicts()
     return cfg, model_dir, rows, entity_rows(storage, cfg.kb.name)
 

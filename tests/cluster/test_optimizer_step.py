@@ -10,19 +10,13 @@ import torch
 
 
 @pytest.fixture
-def step_parts(mel_config):
+def step_parts(sample_kb):
     from cluster.inputs import BatchBuilder, linked_mentions
     from cluster.train.optim import build_optimizer, seed_everything
-    from kb_builder.build import build_kb
-    from kb_builder.storage import Storage
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
-    from workers.model_store import resolve_model_dir
 
-    cfg = mel_config
-    build_kb(cfg.kb, cfg.storage, progress=False)
-    storage = Storage(cfg.storage)
-    model_dir = resolve_model_dir(cfg.storage, cfg.kb, cfg.encoder, cfg.mmoe)
+    cfg, storage, model_dir = sample_kb
     rows = linked_mentions(storage, cfg.kb.name, "train")[0].to_dicts()[:8]
     torch.set_num_threads(1)
     seed_everything(cfg.train.seed)
@@ -33,7 +27,7 @@ def step_parts(mel_config):
 
 
 def _grad_norm(model) -> float:
-    return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters() if p.grad is not None))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
 
 
 def test_repeated_steps_on_one_batch_lower_its_loss(step_parts):
