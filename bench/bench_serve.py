@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import socket
 import statistics
@@ -219,29 +220,34 @@ def bench_in_process(linker, bodies: list[dict], concurrency: int, n: int, pace_
 async def _bench_http(
     url: str, bodies: list[dict], concurrency: int, n: int, path: str = "/link", golds: list | None = None
 ) -> dict:
-    import httpx
+    """aiohttp, not httpx: on a bare uvicorn app here httpx's AsyncClient costs 0.87-0.96 ms a request against
+    aiohttp's 0.33 ms, client time that would be counted as the server's `http` stage."""
+    import aiohttp
 
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=300, limits=httpx.Limits(max_connections=concurrency)
-    ) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
         hits, timings = [], []
 
         async def one(i: int) -> float:
             async with limit:
                 start = time.perf_counter()
                 if path == "/link":
-                    reply = await client.post(path, json=bodies[i % len(bodies)])
+                    request = client.post(path, json=bodies[i % len(bodies)])
                 else:
-                    reply = await client.get(path)
-                reply.raise_for_status()
+                    request = client.get(path)
+                async with request as reply:
+                    reply.raise_for_status()
+                    raw = await reply.read()
                 elapsed = (time.perf_counter() - start) * 1000
+                answer = json.loads(raw)
                 if path == "/link":
-                    stages = dict(reply.json()["timings_ms"])
-                    stages["http"] = elapsed - stages["total"]  # loopback HTTP + Serve's proxy
+                    stages = dict(answer["timings_ms"])
+                    stages["http"] = elapsed - stages["total"]  # loopback HTTP + HAProxy or Serve's proxy
                     timings.append(stages)
                 if golds is not None:
-                    top = reply.json()["candidates"][:1]
+                    top = answer["candidates"][:1]
                     hits.append(bool(top) and top[0]["entity_id"] == golds[i % len(golds)])
                 return elapsed
 

@@ -2,10 +2,12 @@
 
 A synthetic names-only KB (no descriptions or images, like the MELBench KB of issue 22: 17,805 entities,
 12,473 train and 2,637 dev mentions, so train = 0.70 N and dev = 0.148 N) and the untrained tiny model.
-Training time = measured s/step of the real step code (`cluster.train.loop`) x the epoch's steps per worker
-(`--workers` workers step in parallel, one thread each, as `train.cpus_per_worker: 1`). System dev eval =
-`cluster.evaluate.dev.dev_metrics` run for real on `--workers` gloo ranks (spawned, one thread each), wall
-time of the slowest rank, split by phase. The exhaustive protocol is timed on `--exhaustive-dev` dev mentions on
+Each of `--workers` spawned gloo ranks (one thread each, as `train.cpus_per_worker: 1`) does what a `mel train`
+worker does: `--steps` timed steps of the real step code (`cluster.train.loop.optimizer_step`) on its share of
+the train rows under DDP, side by side, then the system dev evaluation (`cluster.evaluate.dev.dev_metrics`),
+twice (the first epoch's, then a later one's, texts already tokenized). Training time = the slowest rank's
+s/step x the epoch's steps per worker; the same steps in one process with the other core idle are printed
+beside it. System dev eval = wall time of the slowest rank, split by phase. The exhaustive protocol is timed on `--exhaustive-dev` dev mentions on
 one process and extrapolated linearly to the dev set (its cost is linear in mentions); its entity encoding is
 timed whole; both are divided by the worker count (a perfect split). Goals: system <= 10% of the epoch at 100k;
 >= 20x cheaper than exhaustive at 18k.
@@ -90,7 +92,9 @@ def step_seconds(cfg, model, builder, rows: list[dict], steps: int) -> tuple[flo
 
 
 def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> None:
-    """One spawned rank of the system dev evaluation; writes its metrics and phase timings."""
+    """One spawned worker, as in `mel train`: `steps` timed training steps on its share of the train rows under
+    DDP (gradients all-reduced over gloo, the workers stepping side by side), then the system dev evaluation,
+    twice; writes its step times, metrics and phase timings."""
     import json
 
     import torch
@@ -100,7 +104,7 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
     from mmoe.pretrained import load_pretrained
     from workers.images import ImageLoader
 
-    cfg, model_dir, dev, entities = args
+    cfg, model_dir, dev, entities, train, steps = args
     torch.set_num_threads(1)  # one worker CPU, as train.cpus_per_worker
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
@@ -108,19 +112,26 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
     try:
         model, processor = load_pretrained(model_dir)
         builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
-        # warm up on a slice (as the training step warms up): by its first dev evaluation a worker is warm
-        dev_metrics(model, builder, dev[:8], entities[:128], cfg.eval, "system", rank, world, 20)
+        # what the Trainer's ray.train prepare_model does on CPU (unrouted experts get no grad)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        per_step, cpu_per_step = step_seconds(cfg, ddp, builder, train[rank::world], steps)
         runs = []
         for _ in ("first epoch", "later epochs"):  # the later ones find the texts tokenized (BatchBuilder)
             torch.distributed.barrier()
             timings: dict[str, float] = {}
             start, cpu = time.perf_counter(), time.process_time()
             metrics = dev_metrics(
-                model, builder, dev, entities, cfg.eval, "system", rank, world, cfg.train.dev_top_k, timings
+                ddp, builder, dev, entities, cfg.eval, "system", rank, world, cfg.train.dev_top_k, timings
             )
             timings["total"], timings["cpu"] = time.perf_counter() - start, time.process_time() - cpu
             runs.append(timings)
-        out = {"metrics": metrics, "timings": runs[0], "later": runs[1]}
+        out = {
+            "metrics": metrics,
+            "timings": runs[0],
+            "later": runs[1],
+            "step_s": per_step,
+            "step_cpu_s": cpu_per_step,
+        }
         (out_dir / f"rank{rank}.json").write_text(json.dumps(out))
         torch.distributed.barrier()  # no rank tears its gloo pairs down while the other still reads from them
     finally:
@@ -129,8 +140,10 @@ def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> N
     os._exit(0)  # no interpreter finalization: gloo's threads may still hold tensors (it aborted a rank once)
 
 
-def system_dev(cfg, model_dir: Path, dev: list[dict], entities: list[dict], workers: int) -> list[dict]:
-    """The system protocol on `workers` spawned gloo ranks (spawn, never fork): each rank's metrics + timings."""
+def worker_runs(
+    cfg, model_dir: Path, dev: list[dict], entities: list[dict], train: list[dict], workers: int, steps: int
+) -> list[dict]:
+    """`workers` spawned gloo ranks (spawn, never fork) training then evaluating: each rank's results."""
     import json
     import socket
 
@@ -143,7 +156,7 @@ def system_dev(cfg, model_dir: Path, dev: list[dict], entities: list[dict], work
     os.environ["OMP_NUM_THREADS"] = (
         "1"  # numpy's BLAS in the ranks on one thread too, as Ray sets for a 1-CPU worker
     )
-    args = (workers, port, (cfg, model_dir, dev, entities), out_dir)
+    args = (workers, port, (cfg, model_dir, dev, entities, train, steps), out_dir)
     mp.spawn(_dev_rank, args=args, nprocs=workers)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(workers)]
 
@@ -160,13 +173,17 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
     entities, train, dev = synthetic(n_entities)
     model, processor = load_pretrained(model_dir)
     builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
-    per_step, cpu_per_step = step_seconds(cfg, model, builder, train, args.steps)
+    alone_s, _ = step_seconds(cfg, model, builder, train, args.steps)  # one process, the other core idle
+    ranks = worker_runs(cfg, model_dir, dev, entities, train, args.workers, args.steps)
+    per_step = max(
+        r["step_s"] for r in ranks
+    )  # the workers step in lockstep (DDP): the slowest sets the pace
+    cpu_per_step = max(r["step_cpu_s"] for r in ranks)
     steps = -(-len(train) // (cfg.train.batch_size * args.workers))
     train_s = per_step * steps  # the workers step in parallel, each on its share
-    ranks = system_dev(cfg, model_dir, dev, entities, args.workers)
     slowest = max(ranks, key=lambda r: r["timings"]["total"])
     ev = cfg.eval
-    model, processor = load_pretrained(model_dir)  # the untrained model, as the ranks used
+    model, processor = load_pretrained(model_dir)  # untrained: costs do not depend on the weights
     with torch.no_grad():
         t0 = time.perf_counter()
         feats = encode_entities(model, builder, entities, ev.entity_batch_size, "exhaustive: entity encoding")
@@ -183,6 +200,7 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
         "train": len(train),
         "dev": len(dev),
         "step_ms": per_step * 1000,
+        "alone_ms": alone_s * 1000,
         "train_s": train_s,
         "system_s": slowest["timings"]["total"],
         "train_cpu_s": cpu_per_step * steps,
@@ -234,7 +252,8 @@ def main() -> None:
     for r in rows:
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items() if k not in ("total", "cpu"))
         print(
-            f"  {r['entities']}: {r['step_ms']:.0f} ms/step; system dev on the slowest rank: {phases}; "
+            f"  {r['entities']}: {r['step_ms']:.0f} ms/step on the DDP workers ({r['alone_ms']:.0f} ms/step "
+            f"alone in one process); system dev on the slowest rank: {phases}; "
             f"recall@{cfg.train.dev_top_k} {r['recall']:.3f}; CPU seconds (robust to a loaded machine): "
             f"epoch {r['train_cpu_s']:.1f}s per worker, system dev {r['system_cpu_s']:.1f}s on the busiest "
             f"rank = {r['system_cpu_s'] / r['train_cpu_s']:.1%}; a later epoch's dev evaluation (texts already "
