@@ -339,6 +339,7 @@ def bench_kb_sizes(
             store.swap_alias(base, drop_old=False)
             store.drop(name)
     store.close()
+    linker.retriever.store.close()
     if server is not None:
         server.stop()
     return out
@@ -508,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.milvus.search_params = search_params  # the HTTP runs below search the base (FLAT) collection
     for n, r in kb.items():
         results[f"in-process KB {n}"] = {1: r}
+    # no gRPC channel left open when ray.init forks its processes: Ray runs Python in the forked child
+    # (preexec_fn); two of four runs here timed out waiting for a raylet that never started, after gRPC's
+    # "other threads are calling into gRPC, skipping fork() handlers"
+    linker.retriever.store.close()
+    del linker
     layouts = [x for x in args.layouts.split(",") if x]
     ingresses = [x for x in args.ingresses.split(",") if x] if layouts else []
     batch_size = cfg.serve.batch_max_size
