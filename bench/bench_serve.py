@@ -339,7 +339,7 @@ def bench_kb_sizes(
             store.swap_alias(base, drop_old=False)
             store.drop(name)
     store.close()
-    linker.retriever.store.close()
+    linker.close()
     if server is not None:
         server.stop()
     return out
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     # no gRPC channel left open when ray.init forks its processes: Ray runs Python in the forked child
     # (preexec_fn); two of four runs here timed out waiting for a raylet that never started, after gRPC's
     # "other threads are calling into gRPC, skipping fork() handlers"
-    linker.retriever.store.close()
+    linker.close()
     del linker
     layouts = [x for x in args.layouts.split(",") if x]
     ingresses = [x for x in args.ingresses.split(",") if x] if layouts else []

@@ -7,10 +7,10 @@ worker does: `--steps` timed steps of the real step code (`cluster.train.loop.op
 the train rows under DDP, side by side, then the system dev evaluation (`cluster.evaluate.dev.dev_metrics`),
 twice (the first epoch's, then a later one's, texts already tokenized). Training time = the slowest rank's
 s/step x the epoch's steps per worker; the same steps in one process with the other core idle are printed
-beside it. System dev eval = wall time of the slowest rank, split by phase. The exhaustive protocol is timed on `--exhaustive-dev` dev mentions on
-one process and extrapolated linearly to the dev set (its cost is linear in mentions); its entity encoding is
-timed whole; both are divided by the worker count (a perfect split). Goals: system <= 10% of the epoch at 100k;
->= 20x cheaper than exhaustive at 18k.
+beside it. System dev eval = wall time of the slowest rank, split by phase. The exhaustive protocol is timed on
+`--exhaustive-dev` dev mentions on one process and extrapolated linearly to the dev set (its cost is linear in
+mentions); its entity encoding is timed whole; both are divided by the worker count (a perfect split).
+Goals: system <= 10% of the epoch at 100k; >= 20x cheaper than exhaustive at 18k.
 
     python3 bench/bench_train_eval.py [--entities 17805 100000 --steps 30 --exhaustive-dev 8]
 """
@@ -91,7 +91,7 @@ def step_seconds(cfg, model, builder, rows: list[dict], steps: int) -> tuple[flo
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
-def _dev_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> None:
+def _worker_rank(rank: int, world: int, port: int, args: tuple, out_dir: Path) -> None:
     """One spawned worker, as in `mel train`: `steps` timed training steps on its share of the train rows under
     DDP (gradients all-reduced over gloo, the workers stepping side by side), then the system dev evaluation,
     twice; writes its step times, metrics and phase timings."""
@@ -157,7 +157,7 @@ def worker_runs(
         "1"  # numpy's BLAS in the ranks on one thread too, as Ray sets for a 1-CPU worker
     )
     args = (workers, port, (cfg, model_dir, dev, entities, train, steps), out_dir)
-    mp.spawn(_dev_rank, args=args, nprocs=workers)
+    mp.spawn(_worker_rank, args=args, nprocs=workers)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(workers)]
 
 
@@ -175,9 +175,8 @@ def measure(cfg, model_dir: Path, n_entities: int, args) -> dict:
     builder = BatchBuilder(processor, ImageLoader(cfg.encoder, cfg.storage, []))
     alone_s, _ = step_seconds(cfg, model, builder, train, args.steps)  # one process, the other core idle
     ranks = worker_runs(cfg, model_dir, dev, entities, train, args.workers, args.steps)
-    per_step = max(
-        r["step_s"] for r in ranks
-    )  # the workers step in lockstep (DDP): the slowest sets the pace
+    # the workers step in lockstep (DDP): the slowest sets the pace
+    per_step = max(r["step_s"] for r in ranks)
     cpu_per_step = max(r["step_cpu_s"] for r in ranks)
     steps = -(-len(train) // (cfg.train.batch_size * args.workers))
     train_s = per_step * steps  # the workers step in parallel, each on its share

@@ -554,6 +554,10 @@ class Linker:
             read_calibration(model_dir),
         )
 
+    def close(self) -> None:
+        """Close the Milvus client, e.g. before this process forks (Ray start-up): gRPC threads and fork do not mix."""
+        self.retriever.store.close()
+
     def link(self, queries: list[MentionQuery]) -> list[dict]:
         encoded = self.encoder.encode(queries)
         retrieved = self.retriever.retrieve_many(
