@@ -102,11 +102,17 @@ class IntraUnit(nn.Module):
     def _g2l(self, query, query_mask, cls_moe, key, value, key_mask) -> Tensor:
         dtype = key.dtype
         query, cls_moe = query.to(dtype), cls_moe.to(dtype)
-        att = torch.matmul(query, key.unsqueeze(1).transpose(-1, -2)) * self.scale  # [B,N,Lq,Lk]
-        att = att.masked_fill(~key_mask.bool()[:, None, None, :], torch.finfo(att.dtype).min)
+        (lead, n, lq, d), b = query.shape, key.shape[0]
+        # whole GEMMs, not one tiny product per (mention, entity) pair, and no broadcast copy of the queries
+        if lead == 1 and b > 1:  # one shared candidate set: all its queries x all mentions' keys at once
+            att = (query.reshape(n * lq, d) @ key.reshape(b * key.shape[1], d).T).view(n, lq, b, -1)
+            att = att.permute(2, 0, 1, 3)  # [B,N,Lq,Lk]
+        else:  # each mention's own candidates
+            att = torch.matmul(query.reshape(lead, n * lq, d), key.transpose(-1, -2)).view(b, n, lq, -1)
+        att = (att * self.scale).masked_fill(~key_mask.bool()[:, None, None, :], torch.finfo(att.dtype).min)
         att = att.softmax(dim=-1)
         q_weight = query_mask.to(att.dtype)
         q_weight = q_weight / q_weight.sum(-1, keepdim=True).clamp_min(1.0)  # [.,N,Lq] mean over valid
-        mean_att = torch.matmul(q_weight.unsqueeze(-2), att).squeeze(-2)  # [B,N,Lk]
+        mean_att = (att * q_weight.unsqueeze(-1)).sum(-2)  # [B,N,Lk]
         context = self.norm(torch.matmul(mean_att, value.to(mean_att.dtype)))  # [B,N,d]
         return (context * cls_moe.to(context.dtype)).sum(-1)  # [B,N]

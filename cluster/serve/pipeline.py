@@ -70,7 +70,10 @@ def _map_tensors(obj: Any, fn) -> Any:
 
 
 def side_rows(feats: Any, batch: int) -> list[Any]:
-    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared)."""
+    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared); one CPU
+    row is already its own (a served request: the walk over the features cost ~0.2 ms)."""
+    if batch == 1 and all(t.device.type == "cpu" and not t.requires_grad for t in _leaves(feats)):
+        return [feats]
 
     def row(i):
         return lambda t: (
@@ -88,6 +91,8 @@ def _leaves(obj: Any) -> list[torch.Tensor]:
 
 def stack_sides(rows: list[Any], device: str) -> Any:
     """The inverse of `side_rows`: concatenate single-row features along the batch dimension."""
+    if len(rows) == 1 and device == "cpu":
+        return rows[0]  # rows come from `side_rows` on the CPU
     leaves = [_leaves(r) for r in rows]
     if len({len(x) for x in leaves}) != 1:
         raise ValueError("mention features of different structure cannot be stacked")
@@ -192,7 +197,8 @@ class MentionEncoder:
             self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
         ):
             feats = self.model.encode(batch, "mention", return_gates=explain)
-        feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
+        if self.autocast is not None:
+            feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
         rows = side_rows(
             dataclasses.replace(feats, gate_weights=None), len(queries)

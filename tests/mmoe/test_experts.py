@@ -135,3 +135,23 @@ def test_inference_runs_experts_on_routed_tokens_only_with_the_dense_sum(gate):
         routed = moe(x, mask=mask)
     torch.testing.assert_close(routed.hidden_states, dense.hidden_states, atol=1e-6, rtol=1e-6)
     assert torch.equal(routed.gate_weights, dense.gate_weights)
+
+
+def test_stacked_and_routed_inference_agree_and_the_stacked_weights_follow_updates():
+    """A small inference call (`stacked`, every expert in one batched matmul) and a large one (`routed`) give
+    the same sum; padded tokens are zeros on both; an in-place update (an optimizer step) is picked up."""
+    moe = make_moe(top_k=2).eval()
+    x = torch.randn(3, 7, 8)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad():
+        weights, _ = moe.gate(x)
+        stacked, routed = moe.stacked(x, weights, mask), moe.routed(x, weights, mask=mask)
+        torch.testing.assert_close(stacked, routed, atol=1e-6, rtol=1e-6)
+        assert stacked[1, 4:].abs().sum() == 0 and routed[1, 4:].abs().sum() == 0
+        assert torch.equal(moe(x, mask=mask).hidden_states, stacked)  # 21 tokens: the layer takes `stacked`
+        before = moe.stacked(x, weights)
+        moe.experts[1].fc_out.weight.mul_(2.0)  # in place, as an optimizer step updates it
+        after = moe.stacked(x, weights)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, moe.routed(x, weights), atol=1e-6, rtol=1e-6)
