@@ -70,10 +70,7 @@ def _map_tensors(obj: Any, fn) -> Any:
 
 
 def side_rows(feats: Any, batch: int) -> list[Any]:
-    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared); one CPU
-    row is already its own (a served request: the walk over the features cost ~0.2 ms)."""
-    if batch == 1 and all(t.device.type == "cpu" and not t.requires_grad for t in _leaves(feats)):
-        return [feats]
+    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared)."""
 
     def row(i):
         return lambda t: (
@@ -200,9 +197,10 @@ class MentionEncoder:
         if self.autocast is not None:
             feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
-        rows = side_rows(
-            dataclasses.replace(feats, gate_weights=None), len(queries)
-        )  # gates: summarised below
+        feats_rows = dataclasses.replace(feats, gate_weights=None)  # gates: summarised below
+        # one mention on the CPU is already its own row (a served request): no walk over its features
+        single = len(queries) == 1 and self.device == "cpu"
+        rows = [feats_rows] if single else side_rows(feats_rows, len(queries))
         ms = (time.perf_counter() - start) * 1000
         return [
             EncodedMention(
