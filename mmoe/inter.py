@@ -98,11 +98,28 @@ class CrossUnit(nn.Module):
         b_mask = torch.cat([ones, text_mask.bool()], dim=1)  # [B,1+L]
         # At inference the image tokens of records without an image (all the zero image's) share expert passes
         same_as = None if self.training else same_as_for_missing_images(a, no_image, from_row=1)
-        moe_a = self.moe(a, gate_input=b, mask=a_mask, same_as=same_as)
-        moe_b = self.moe(b, gate_input=a, mask=b_mask)
-        ha, hb = moe_a.hidden_states, moe_b.hidden_states  # [B,1+V,d], [B,1+L,d]
+        if self.training or torch.is_grad_enabled() or self.reference:
+            # each direction's load-balancing statistics on its own; the reference gate mixes a batch's records
+            moe_a = self.moe(a, gate_input=b, mask=a_mask, same_as=same_as)
+            moe_b = self.moe(b, gate_input=a, mask=b_mask)
+            ha, hb = moe_a.hidden_states, moe_b.hidden_states  # [B,1+V,d], [B,1+L,d]
+            gate_a, gate_b = moe_a.gate_weights, moe_b.gate_weights
+            aux = (moe_a.aux_loss + moe_b.aux_loss) / 2
+        else:  # one call for both directions: per-token gates give the same numbers at half the fixed cost
+            # (a served mention's two calls 0.89 -> 0.64 ms); b's rows follow a's, each its own in `same_as`
+            if same_as is not None:
+                same_as = torch.cat([same_as, torch.arange(same_as.numel(), 2 * same_as.numel()).to(same_as)])
+            both = self.moe(
+                torch.cat([a, b]),
+                gate_input=torch.cat([b, a]),
+                mask=torch.cat([a_mask, b_mask]),
+                same_as=same_as,
+            )
+            n = a.shape[0]
+            ha, hb = both.hidden_states[:n], both.hidden_states[n:]
+            gate_a, gate_b = both.gate_weights[:n], both.gate_weights[n:]
+            aux = both.aux_loss
         on_cls = self.gate_reads_cls(side)
         text_image = self.attend(ha[:, 0], ha[:, 1:], a_mask[:, 1:], tc, on_cls)
         image_text = self.attend(hb[:, 0], hb[:, 1:], b_mask[:, 1:], ic, on_cls)
-        aux = (moe_a.aux_loss + moe_b.aux_loss) / 2
-        return CrossSide(text_image, image_text, aux, moe_a.gate_weights, moe_b.gate_weights)
+        return CrossSide(text_image, image_text, aux, gate_a, gate_b)

@@ -198,8 +198,9 @@ def test_retrieval_vectors_and_cache_computed_apart_match_full_encoding(tiny_mod
 
 
 def test_inference_shortcuts_for_records_without_image_keep_the_features(tiny_model, batches):
-    """Eval mode shares the zero image's vision pass and expert passes and runs experts on routed tokens only;
-    train mode (dropout 0, no capacity) encodes every record densely: the same features."""
+    """Eval mode shares the zero image's vision pass and expert passes, runs experts on routed tokens only (or
+    stacked, for a small call) and both cross-unit directions in one MoE call; train mode (dropout 0, no
+    capacity) encodes every record densely, with two cross-unit calls: the same features."""
     model, _ = tiny_model
     mentions, entities = batches
     no_images = dict(entities, image_mask=torch.tensor([False, True, False, False, True, False]))
