@@ -69,8 +69,11 @@ def _map_tensors(obj: Any, fn) -> Any:
     return obj
 
 
-def side_rows(feats: Any, batch: int) -> list[Any]:
-    """Split batched features into `batch` single-row copies (scalars such as aux losses are shared)."""
+def side_rows(feats: Any, batch: int, device: str) -> list[Any]:
+    """Split batched features (on `device`) into `batch` single-row CPU copies (scalars such as aux losses are
+    shared); one row on the CPU is already its own (a served request: no walk over its features)."""
+    if batch == 1 and device == "cpu":
+        return [feats]
 
     def row(i):
         return lambda t: (
@@ -89,7 +92,7 @@ def _leaves(obj: Any) -> list[torch.Tensor]:
 def stack_sides(rows: list[Any], device: str) -> Any:
     """The inverse of `side_rows`: concatenate single-row features along the batch dimension."""
     if len(rows) == 1 and device == "cpu":
-        return rows[0]  # rows come from `side_rows` on the CPU
+        return rows[0]  # `side_rows`' single CPU row, as it is
     leaves = [_leaves(r) for r in rows]
     if len({len(x) for x in leaves}) != 1:
         raise ValueError("mention features of different structure cannot be stacked")
@@ -197,10 +200,9 @@ class MentionEncoder:
         if self.autocast is not None:
             feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
-        feats_rows = dataclasses.replace(feats, gate_weights=None)  # gates: summarised below
-        # one mention on the CPU is already its own row (a served request): no walk over its features
-        single = len(queries) == 1 and self.device == "cpu"
-        rows = [feats_rows] if single else side_rows(feats_rows, len(queries))
+        rows = side_rows(  # gates: summarised below
+            dataclasses.replace(feats, gate_weights=None), len(queries), self.device
+        )
         ms = (time.perf_counter() - start) * 1000
         return [
             EncodedMention(
