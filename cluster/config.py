@@ -118,6 +118,9 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.0  # extra wait for a fuller batch; 0: a batch is what queued meanwhile
     top_k: int = 10  # candidates returned
     retrieve_k: int = 50  # candidates reranked
+    # a single mention runs a checked TorchScript trace of the mention encoder (mmoe/traced.py): the same
+    # features without per-op Python overhead; false: eager PyTorch for every request
+    traced_encoder: bool = True
     # of serving's searches (/link, link-batch); Strong on a Milvus server waits for its next time tick
     # (~200 ms a search on 2.3.5, 19 ms p50 at Bounded: bench_serve). Jobs keep milvus.consistency_level
     consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Bounded"

@@ -20,7 +20,10 @@ protocol. Reference mode also drops the padding masks, as the official matcher h
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +59,32 @@ class ScoreOutput:
     image: Tensor  # [B,N] S_img
     cross: Tensor  # [B,N] S_cross
     aux_loss: Tensor | None = None  # [] mean of both sides' load-balancing losses (forward only)
+
+
+def map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply `fn` to every tensor inside nested feature dataclasses / dicts / lists / tuples (a copy)."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def tensor_leaves(obj: Any) -> list[Tensor]:
+    """The tensors of `map_tensors`' walk, in its order (`map_tensors(template, next(iter(leaves)))` rebuilds)."""
+    found: list[Tensor] = []
+    map_tensors(obj, lambda t: found.append(t) or t)
+    return found
+
+
+def to_float32(obj: Any) -> Any:
+    """Floating tensors of (nested) features back to float32, e.g. after autocast."""
+    return map_tensors(obj, lambda t: t.float() if t.is_floating_point() else t)
 
 
 def select_rows(obj, index):

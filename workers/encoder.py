@@ -9,7 +9,6 @@ cache (reference section 2), stored at `encoder.cache_dtype`; rerank reads back 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmoe.model import to_float32
 from mmoe.pretrained import load_pretrained
 from mmoe.texts import entity_text, mention_text
 from workers.config import EncoderConfig
@@ -78,17 +78,6 @@ def prepare_entities(rows: list[dict], processor, loader: ImageLoader | None) ->
         inputs=inputs,
         image_errors=errors,
     )
-
-
-def _to_float32(obj):
-    """Floating tensors of a (nested) feature dataclass back to float32 after autocast."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return {k: _to_float32(v) for k, v in obj.items()}
-    if obj is None or not dataclasses.is_dataclass(obj):
-        return obj
-    return type(obj)(**{f.name: _to_float32(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
 
 
 class EntityEncoder:
@@ -197,7 +186,7 @@ class EntityEncoder:
         batch = {k: v.to(self.device) for k, v in self.processor(texts, images).items()}
         with torch.inference_mode(), self._autocast():
             f = self.model.encode(batch, "mention")
-        f = _to_float32(f)
+        f = to_float32(f)
         return f, self.model.retrieval_vectors(f)
 
 

@@ -131,7 +131,8 @@ class MentionEncoder:
 
         torch_threads(cfg.serve)
         device = str(pick_device(num_gpus=cfg.serve.num_gpus_per_replica))
-        self.encoder = Plain(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir))
+        texts = mention_texts(cfg, model_dir)
+        self.encoder = Plain(model_dir, device, cfg.encoder.dtype, texts, cfg.serve.traced_encoder)
         self.batcher = _batcher(self.encoder.encode, cfg.serve)
 
     def reconfigure(self, user_config: dict) -> None:

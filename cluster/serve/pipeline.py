@@ -22,6 +22,7 @@ import torch
 
 from cluster.artifacts import nil_threshold, read_calibration, serving_model_dir
 from cluster.serve.guard import ensure_indexed_by, guard_readiness
+from mmoe.model import map_tensors, tensor_leaves, to_float32
 from workers.collections import model_tag
 from workers.device import pick_device
 
@@ -54,21 +55,6 @@ class Retrieved:
     search_ms: float = 0.0  # the ANN search alone (one Milvus call per batch and filter)
 
 
-def _map_tensors(obj: Any, fn) -> Any:
-    """Apply `fn` to every tensor inside nested dataclasses / dicts / lists (features cross Ray as these)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(
-            obj, **{f.name: _map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
-        )
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
 def side_rows(feats: Any, batch: int, device: str) -> list[Any]:
     """Split batched features (on `device`) into `batch` single-row CPU copies (scalars such as aux losses are
     shared); one row on the CPU is already its own (a served request: no walk over its features)."""
@@ -80,20 +66,14 @@ def side_rows(feats: Any, batch: int, device: str) -> list[Any]:
             t[i : i + 1].detach().cpu().clone() if t.dim() and t.shape[0] == batch else t.detach().cpu()
         )
 
-    return [_map_tensors(feats, row(i)) for i in range(batch)]
-
-
-def _leaves(obj: Any) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    _map_tensors(obj, lambda t: found.append(t) or t)
-    return found
+    return [map_tensors(feats, row(i)) for i in range(batch)]
 
 
 def stack_sides(rows: list[Any], device: str) -> Any:
     """The inverse of `side_rows`: concatenate single-row features along the batch dimension."""
     if len(rows) == 1 and device == "cpu":
         return rows[0]  # `side_rows`' single CPU row, as it is
-    leaves = [_leaves(r) for r in rows]
+    leaves = [tensor_leaves(r) for r in rows]
     if len({len(x) for x in leaves}) != 1:
         raise ValueError("mention features of different structure cannot be stacked")
     columns = iter(list(zip(*leaves)))
@@ -102,7 +82,7 @@ def stack_sides(rows: list[Any], device: str) -> Any:
         group = next(columns)
         return (torch.cat(group) if t.dim() else t).to(device)
 
-    return _map_tensors(rows[0], cat)
+    return map_tensors(rows[0], cat)
 
 
 def gate_summary(feats: Any, i: int) -> dict[str, dict[str, list[float]]]:
@@ -168,11 +148,20 @@ def mention_texts(cfg, model_dir: str | Path):
 class MentionEncoder:
     """Mention text + image -> MMoE mention features and the retrieval vector u_m."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto", texts=None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str = "auto",
+        texts=None,
+        traced: bool = False,
+    ):
         """`texts` (cluster.dme.enhance.MentionTexts) builds mention text as the model was trained, per-request
-        DME included; None: no DME."""
+        DME included; None: no DME. `traced` (serve.traced_encoder): a single mention runs a checked TorchScript
+        trace of the encoder (mmoe.traced; not under autocast), the same features without per-op overhead."""
         from cluster.dme.enhance import MentionTexts
         from mmoe.pretrained import load_pretrained
+        from mmoe.traced import TracedSide
         from workers.device import autocast_dtype
 
         self.texts = texts or MentionTexts()
@@ -180,6 +169,11 @@ class MentionEncoder:
         self.model, self.processor = load_pretrained(str(model_dir), device=device)
         self.model.eval()
         self.autocast = autocast_dtype(dtype, torch.device(device))  # bf16 on GPU with "auto", None on CPU
+        self.traced = (
+            TracedSide.build(self.model, self.processor, "mention", device)
+            if traced and self.autocast is None
+            else None
+        )
         # A fast tokenizer sets padding/truncation on its shared Rust object per call: concurrent calls (threads
         # of Linker.link_queries, a batch actor's concurrent calls) fail with "Already borrowed" without this.
         self._tokenize = threading.Lock()
@@ -193,12 +187,15 @@ class MentionEncoder:
             batch = self.processor([b.text for b in built], [q.image for q in queries])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         explain = any(q.explain for q in queries)
-        with torch.autocast(
-            self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
-        ):
-            feats = self.model.encode(batch, "mention", return_gates=explain)
+        if self.traced is not None and len(queries) == 1 and not explain:
+            feats = self.traced(batch)
+        else:
+            with torch.autocast(
+                self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None
+            ):
+                feats = self.model.encode(batch, "mention", return_gates=explain)
         if self.autocast is not None:
-            feats = _map_tensors(feats, lambda t: t.float() if t.is_floating_point() else t)
+            feats = to_float32(feats)
         vectors = self.model.retrieval_vectors(feats).float().cpu().numpy()
         rows = side_rows(  # gates: summarised below
             dataclasses.replace(feats, gate_weights=None), len(queries), self.device
@@ -550,7 +547,9 @@ class Linker:
         model_dir = Path(model_dir) if model_dir else serving_model_dir(cfg)
         device = str(pick_device(device, cfg.serve.num_gpus_per_replica))
         return cls(
-            MentionEncoder(model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir)),
+            MentionEncoder(
+                model_dir, device, cfg.encoder.dtype, mention_texts(cfg, model_dir), cfg.serve.traced_encoder
+            ),
             Retriever(cfg),
             Reranker(cfg, model_dir, device),
             cfg.serve.retrieve_k,
