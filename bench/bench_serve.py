@@ -514,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     # "other threads are calling into gRPC, skipping fork() handlers"
     linker.close()
     del linker
+    # the HTTP cells serve the file as `mel serve` does after `mel index`: this process lets go of it, so the
+    # single layout's one replica opens it and searches in-process (cluster.serve.app.replica_owns_lite); the
+    # split layout gets this process's Lite server again, released after its cells
+    lite_file = str(root / "data" / "milvus.db")
+    server_manager_instance.release_server(lite_file)
+    cfg.milvus.uri = lite_file
     layouts = [x for x in args.layouts.split(",") if x]
     ingresses = [x for x in args.ingresses.split(",") if x] if layouts else []
     batch_size = cfg.serve.batch_max_size
@@ -537,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{layout} batch {on_off}" if n == 0 else f"{layout} {ingress}"
             results[label] = {c: bench_http(url, bodies, c, cell_requests(c, args.requests)) for c in levels}
             serve.delete("mel")
+            server_manager_instance.release_server(lite_file)  # if this process served it (split)
         serve.shutdown()
         ray.shutdown()
     print(

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from workers.config import MilvusConfig
+from workers.lite_engine import engine_for
+from workers.lite_engine import search as lite_search
 
 log = logging.getLogger(__name__)
 
@@ -329,18 +331,36 @@ class MilvusStore:
         self, vectors, top_k: int, filter: str = "", collection: str | None = None, with_vectors: bool = False
     ) -> list[list[Hit]]:
         """Top-k entities by inner product for each query vector ([B, D]); `with_vectors` returns each hit's
-        stored vector in the same call (serving's rerank needs it: no second round trip)."""
+        stored vector in the same call (serving's rerank needs it: no second round trip). A Lite file this
+        process serves is searched in-process (workers.lite_engine: Lite's own engine, no gRPC hop)."""
         data = np.asarray(vectors, dtype=np.float32)
         if data.ndim == 1:
             data = data[None, :]
         target = self._ready(collection or self.alias)
         self.check_dim(target, data.shape[1])
+        fields = ["name", "vector"] if with_vectors else ["name"]
+        if (db := engine_for(self.uri)) is not None:
+            found = lite_search(
+                db, target, data, top_k, filter, fields, self.cfg.metric, self.cfg.search_params
+            )
+            return [
+                [
+                    Hit(
+                        str(h["id"]),
+                        float(h["distance"]),
+                        h["entity"].get("name", ""),
+                        h["entity"].get("vector"),
+                    )
+                    for h in q
+                ]
+                for q in found
+            ]
         res = self.client.search(
             target,
             data=data.tolist(),
             limit=int(top_k),
             filter=filter,
-            output_fields=["name", "vector"] if with_vectors else ["name"],
+            output_fields=fields,
             search_params={"metric_type": self.cfg.metric, "params": dict(self.cfg.search_params)},
             consistency_level=self.cfg.consistency_level,
         )
