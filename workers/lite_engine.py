@@ -28,12 +28,17 @@ def engine_for(uri: str) -> Any | None:
     if not isinstance(servers, dict) or not servers:
         return None
     uri = str(uri).rstrip("/")
-    names = {uri} if "://" in uri else {uri, str(Path(uri).expanduser().resolve())}
-    for path, entry in list(servers.items()):
-        if not (isinstance(entry, tuple) and len(entry) == 3):
-            return None
-        _, db, port = entry
-        if names & {path, str(Path(path).resolve()), f"http://127.0.0.1:{port}", f"http://localhost:{port}"}:
+    entries = list(servers.items())
+    if not all(isinstance(entry, tuple) and len(entry) == 3 for _, entry in entries):
+        return None
+    for path, (_, db, port) in entries:  # the store's own spelling: no filesystem call per search
+        if uri in (path, f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+            return db if hasattr(db, "get_collection") else None
+    if "://" in uri:
+        return None
+    real = Path(uri).expanduser().resolve()  # a relative or symlinked spelling of a served file
+    for path, (_, db, _) in entries:
+        if real == Path(path).resolve():
             return db if hasattr(db, "get_collection") else None
     return None
 

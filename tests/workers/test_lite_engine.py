@@ -3,6 +3,8 @@ scores, names and vectors as Lite's gRPC answers, filters included; anything els
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,7 @@ def test_only_this_processs_lite_is_searched_in_process(lite, tmp_path):
 
     port = server_manager_instance._servers[lite.uri][2]
     assert engine_for(f"http://127.0.0.1:{port}") is engine_for(lite.uri)  # the adapter's loopback URI
+    assert engine_for(os.path.relpath(lite.uri)) is engine_for(lite.uri)  # another spelling of the same file
     assert engine_for(str(tmp_path / "other.db")) is None  # a file no server here holds
     assert engine_for("http://milvus.example:19530") is None
     assert engine_for("http://127.0.0.1:1") is None
