@@ -372,7 +372,7 @@ def print_serve_config(cfg: MELConfig) -> str:
 # -- running --------------------------------------------------------------------------------------------------
 def replica_owns_lite(cfg: MELConfig) -> bool:
     """Whether the single layout's one replica opens the Lite file itself, searching it in-process
-    (workers.lite_engine: no gRPC hop; a /link 12.8 -> ~10.9 ms in bench_serve). Not when this process
+    (workers.lite_engine: no gRPC hop; a /link 12.8 -> 9.8-10.7 ms in bench_serve). Not when this process
     already serves the file (an index job ran here and may write while serving: replicas then use its gRPC
     URI, `_local_lite_server`), nor for the split layout or several replicas, which all need the file."""
     from workers.lite_engine import engine_for
