@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -89,13 +89,7 @@ def to_float32(obj: Any) -> Any:
 
 def select_rows(obj, index):
     """Row-select every tensor of a (nested) feature dataclass, e.g. ``select_rows(f, slice(0, 8))``."""
-    if isinstance(obj, Tensor):
-        return obj if obj.dim() == 0 else obj[index]
-    if isinstance(obj, dict):
-        return {k: select_rows(v, index) for k, v in obj.items()}
-    if obj is None:
-        return None
-    return type(obj)(**{f.name: select_rows(getattr(obj, f.name), index) for f in fields(obj)})
+    return map_tensors(obj, lambda t: t if t.dim() == 0 else t[index])
 
 
 class MMoEModel(nn.Module):

@@ -68,8 +68,14 @@ class TracedSide:
             try:
                 template = model.encode(dict(zip(INPUTS, probe)), side)
                 graph = torch.jit.trace(flat, probe, check_trace=False)
-                for inputs in (probe, check, probe):  # twice: the executor specialises on its first runs
-                    eager, traced = flat(*inputs), graph(*inputs)
+                eager_of = {"probe": tensor_leaves(template), "check": flat(*check)}  # eager once each
+                runs = (
+                    ("probe", probe),
+                    ("check", check),
+                    ("probe", probe),
+                )  # the executor specialises early
+                for name, inputs in runs:
+                    eager, traced = eager_of[name], graph(*inputs)
                     if len(eager) != len(traced) or not all(_same(a, b) for a, b in zip(eager, traced)):
                         raise ValueError("its features differ from eager encode's")
             except Exception as err:  # a model or torch the trace does not fit: eager stays correct

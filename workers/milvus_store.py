@@ -156,6 +156,14 @@ def _hits(q, with_vectors: bool) -> list[Hit]:
     ]
 
 
+def _engine_hits(q: list[dict]) -> list[Hit]:
+    """One query's hits as Lite's engine gives them (`workers.lite_engine.search`)."""
+    return [
+        Hit(str(h["id"]), float(h["distance"]), h["entity"].get("name", ""), h["entity"].get("vector"))
+        for h in q
+    ]
+
+
 class MilvusStore:
     """MilvusClient wrapper with the project's schema, alias swap and exact counts."""
 
@@ -343,18 +351,7 @@ class MilvusStore:
             found = lite_search(
                 db, target, data, top_k, filter, fields, self.cfg.metric, self.cfg.search_params
             )
-            return [
-                [
-                    Hit(
-                        str(h["id"]),
-                        float(h["distance"]),
-                        h["entity"].get("name", ""),
-                        h["entity"].get("vector"),
-                    )
-                    for h in q
-                ]
-                for q in found
-            ]
+            return [_engine_hits(q) for q in found]
         res = self.client.search(
             target,
             data=data.tolist(),
